@@ -1,0 +1,344 @@
+//! Frame formats. [`FastProto`] is teleport v3's "fast" protocol (SPEC §2),
+//! byte for byte; [`Proto`] lets a user plug in another one.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::ProtoError;
+use crate::meta::Meta;
+use crate::packet::{CodecId, Packet, PacketType, Seq, Uri, XferId, XferPipe};
+use crate::xfer::XferRegistry;
+
+/// A frame format: turns packets into bytes and back.
+///
+/// A session owns one `Proto` value, so implementations may keep scratch
+/// buffers and parse state in `self`.
+pub trait Proto: Send + 'static {
+    /// The protocol's id byte.
+    fn id(&self) -> u8;
+
+    /// The protocol's name, for logs.
+    fn name(&self) -> &'static str;
+
+    /// Appends one frame for `packet` to `dst`. On error `dst` is as it was.
+    fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), ProtoError>;
+
+    /// Takes one frame off the front of `src`: `Ok(None)` while the frame is
+    /// incomplete (call again once more bytes are appended), the packet
+    /// once it is whole. An error is final for the connection: the stream
+    /// cannot be resynchronised.
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError>;
+
+    /// Like [`Proto::decode`], for when the input has ended: bytes that are
+    /// not a whole frame are an error instead of a wait.
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError> {
+        match self.decode(src)? {
+            Some(p) => Ok(Some(p)),
+            None if src.is_empty() => Ok(None),
+            None => Err(ProtoError::Truncated {
+                have: src.len(),
+                need: src.len() + 1,
+            }),
+        }
+    }
+}
+
+/// The default read limit: 64 MiB. Go's default is 4 GiB − 1, which lets
+/// four bytes from a peer ask for that much; see [`FastProto::with_limit`].
+pub const DEFAULT_READ_LIMIT: usize = 64 << 20;
+
+/// How much of a declared frame size is reserved before the bytes arrive;
+/// more is reserved only as they do (Go reserves it all, D-PREALLOC).
+pub const MAX_EAGER_RESERVE: usize = 64 << 10;
+
+/// Bytes before the payload: size (4), protocol id (1), filter count (1).
+const PREFIX: usize = 6;
+/// The smallest payload: seq, ptype, uri_len, meta_len, codec.
+const MIN_PAYLOAD: usize = 8 + 1 + 4 + 4 + 1;
+/// The smallest frame: no filters, empty uri, meta and body (24 bytes).
+pub const MIN_FRAME: usize = PREFIX + MIN_PAYLOAD;
+
+/// teleport v3's "fast" protocol, id `'f'`.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use teleport_core::{CodecId, FastProto, Packet, PacketType, Proto, Seq};
+/// let mut proto = FastProto::default();
+/// let pull = Packet::new(PacketType::PULL, Seq(4), "/echo/string")
+///     .with_body(CodecId::STRING, &b"hello teleport"[..]);
+/// let mut wire = BytesMut::new();
+/// proto.encode(&pull, &mut wire).unwrap();
+/// assert_eq!(wire.len(), 50);
+/// // Feed it back one byte at a time: nothing until the last byte.
+/// let mut src = BytesMut::new();
+/// for (i, b) in wire.iter().enumerate() {
+///     src.extend_from_slice(&[*b]);
+///     let got = proto.decode(&mut src).unwrap();
+///     assert_eq!(got.is_some(), i == wire.len() - 1);
+///     if let Some(p) = got { assert_eq!(p, pull); }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FastProto {
+    limit: usize,
+    xfers: Arc<XferRegistry>,
+    scratch: BytesMut,
+    scratch2: BytesMut,
+}
+
+impl Default for FastProto {
+    fn default() -> Self {
+        FastProto::new(DEFAULT_READ_LIMIT, Arc::new(XferRegistry::default()))
+    }
+}
+
+impl FastProto {
+    /// The protocol id byte, `'f'`.
+    pub const ID: u8 = b'f';
+
+    /// A fast proto with a read limit (frame size, and every transfer
+    /// filter's output) and the filters it may use.
+    pub fn new(limit: usize, xfers: Arc<XferRegistry>) -> Self {
+        FastProto {
+            limit: limit.min(u32::MAX as usize),
+            xfers,
+            scratch: BytesMut::new(),
+            scratch2: BytesMut::new(),
+        }
+    }
+
+    /// The same proto with another read limit. A frame whose size equals
+    /// the limit is accepted (as in Go).
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit.min(u32::MAX as usize);
+        self
+    }
+
+    /// The read limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn write_payload(packet: &Packet, dst: &mut BytesMut) -> Result<(), ProtoError> {
+        let uri_len = u32::try_from(packet.uri.len()).map_err(|_| ProtoError::FieldTooLong {
+            field: "uri",
+            len: packet.uri.len(),
+        })?;
+        let meta_len = packet.meta.encoded_len();
+        let meta_len32 = u32::try_from(meta_len).map_err(|_| ProtoError::FieldTooLong {
+            field: "meta",
+            len: meta_len,
+        })?;
+        dst.reserve(MIN_PAYLOAD + packet.uri.len() + meta_len + packet.body.len());
+        dst.put_u64(packet.seq.0);
+        dst.put_u8(packet.ptype.0);
+        dst.put_u32(uri_len);
+        dst.put_slice(packet.uri.as_bytes());
+        dst.put_u32(meta_len32);
+        packet.meta.encode_into(dst);
+        dst.put_u8(packet.body_codec.0);
+        dst.put_slice(&packet.body);
+        Ok(())
+    }
+
+    fn encode_inner(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), ProtoError> {
+        let n = packet.xfer.len();
+        let count = u8::try_from(n).map_err(|_| ProtoError::TooManyFilters { count: n })?;
+        let start = dst.len();
+        dst.put_u32(0); // patched below
+        dst.put_u8(Self::ID);
+        dst.put_u8(count);
+        dst.put_slice(packet.xfer.as_bytes());
+        if n == 0 {
+            Self::write_payload(packet, dst)?;
+        } else {
+            let mut cur = std::mem::take(&mut self.scratch);
+            let mut next = std::mem::take(&mut self.scratch2);
+            cur.clear();
+            let r = Self::write_payload(packet, &mut cur).and_then(|()| {
+                // The last listed filter is applied first (SPEC §4).
+                for id in packet.xfer.iter().rev() {
+                    next.clear();
+                    self.xfers.get(id)?.encode(&cur, &mut next)?;
+                    std::mem::swap(&mut cur, &mut next);
+                }
+                dst.extend_from_slice(&cur);
+                Ok(())
+            });
+            self.scratch = cur;
+            self.scratch2 = next;
+            r?;
+        }
+        let size = dst.len() - start;
+        if size > self.limit {
+            return Err(ProtoError::SizeOverLimit {
+                size,
+                limit: self.limit,
+            });
+        }
+        // `size <= limit <= u32::MAX`.
+        dst[start..start + 4].copy_from_slice(&(size as u32).to_be_bytes());
+        Ok(())
+    }
+
+    /// Checks what can be checked of a frame's prefix before it is whole.
+    fn check_prefix(&self, src: &BytesMut, size: usize) -> Result<(), ProtoError> {
+        if size < MIN_FRAME {
+            return Err(ProtoError::SizeTooSmall {
+                size,
+                min: MIN_FRAME,
+            });
+        }
+        if size > self.limit {
+            return Err(ProtoError::SizeOverLimit {
+                size,
+                limit: self.limit,
+            });
+        }
+        if let Some(&found) = src.get(4) {
+            if found != Self::ID {
+                return Err(ProtoError::WrongProtoId {
+                    found,
+                    expected: Self::ID,
+                });
+            }
+        }
+        if let Some(&n) = src.get(5) {
+            let min = MIN_FRAME + usize::from(n);
+            if size < min {
+                return Err(ProtoError::SizeTooSmall { size, min });
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_frame(&mut self, frame: Bytes) -> Result<Packet, ProtoError> {
+        let mut r = Reader(frame);
+        r.skip(4);
+        r.u8("protocol id")?;
+        let n = usize::from(r.u8("filter count")?);
+        let xfer = XferPipe::from_bytes(r.take(n, "filter ids")?);
+        let mut payload = r.0;
+        for id in xfer.iter() {
+            self.scratch.clear();
+            self.xfers
+                .get(id)?
+                .decode(&payload, self.limit, &mut self.scratch)?;
+            payload = self.scratch.split().freeze();
+        }
+        let mut r = Reader(payload);
+        let seq = Seq(r.u64("seq")?);
+        let ptype = PacketType(r.u8("ptype")?);
+        let uri_len = r.u32("uri length")? as usize;
+        let uri = Uri::from_bytes(r.take(uri_len, "uri")?);
+        let meta_len = r.u32("meta length")? as usize;
+        let meta = Meta::parse(&r.take(meta_len, "meta")?);
+        let body_codec = CodecId(r.u8("body codec")?);
+        Ok(Packet {
+            seq,
+            ptype,
+            uri,
+            meta,
+            body_codec,
+            xfer,
+            body: r.0,
+        })
+    }
+}
+
+impl Proto for FastProto {
+    fn id(&self) -> u8 {
+        Self::ID
+    }
+
+    fn name(&self) -> &'static str {
+        "fast"
+    }
+
+    fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), ProtoError> {
+        let mark = dst.len();
+        self.encode_inner(packet, dst)
+            .inspect_err(|_| dst.truncate(mark))
+    }
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError> {
+        let Some(head) = src.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let size = u32::from_be_bytes(*head) as usize;
+        self.check_prefix(src, size)?;
+        if src.len() < size {
+            src.reserve((size - src.len()).min(MAX_EAGER_RESERVE));
+            return Ok(None);
+        }
+        let frame = src.split_to(size).freeze();
+        self.parse_frame(frame).map(Some)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError> {
+        match self.decode(src)? {
+            Some(p) => Ok(Some(p)),
+            None if src.is_empty() => Ok(None),
+            None => {
+                let need = match src.first_chunk::<4>() {
+                    Some(head) => u32::from_be_bytes(*head) as usize,
+                    None => 4,
+                };
+                Err(ProtoError::Truncated {
+                    have: src.len(),
+                    need,
+                })
+            }
+        }
+    }
+}
+
+/// Bounds-checked reads off a frame; every failure names its field.
+struct Reader(Bytes);
+
+impl Reader {
+    fn skip(&mut self, n: usize) {
+        self.0.advance(n.min(self.0.len()));
+    }
+
+    fn take(&mut self, n: usize, field: &'static str) -> Result<Bytes, ProtoError> {
+        if n > self.0.len() {
+            return Err(ProtoError::PastEnd {
+                field,
+                need: n,
+                left: self.0.len(),
+            });
+        }
+        Ok(self.0.split_to(n))
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ProtoError> {
+        let a = *self.0.first_chunk::<N>().ok_or(ProtoError::PastEnd {
+            field,
+            need: N,
+            left: self.0.len(),
+        })?;
+        self.0.advance(N);
+        Ok(a)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, ProtoError> {
+        self.array::<1>(field).map(|[b]| b)
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, ProtoError> {
+        self.array(field).map(u32::from_be_bytes)
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, ProtoError> {
+        self.array(field).map(u64::from_be_bytes)
+    }
+}
+
+/// Whether `id` is a filter this registry can apply (for callers that want
+/// to validate a pipe before sending).
+pub fn pipe_is_known(xfers: &XferRegistry, pipe: &XferPipe) -> Result<(), ProtoError> {
+    pipe.iter()
+        .try_for_each(|id: XferId| xfers.get(id).map(drop).map_err(Into::into))
+}

@@ -1,0 +1,1183 @@
+//! The session: one connection's protocol state machine, without I/O.
+//!
+//! A [`Session`] is fed bytes ([`Session::handle_input`]), the end of input
+//! ([`Session::handle_eof`]) and time ([`Session::handle_timeout`]); it is
+//! asked to send ([`Session::pull`], [`Session::push`], [`Session::reply`])
+//! and to close ([`Session::close`]). It hands back bytes to write
+//! ([`Session::poll_transmit`]), [`Event`]s ([`Session::poll_event`]) and the
+//! next instant it wants to be woken at ([`Session::poll_timeout`]). It never
+//! reads a clock: every method that needs the time takes `now`.
+//!
+//! After any call that feeds or asks it something, drain
+//! [`Session::poll_event`] and [`Session::poll_transmit`], then re-arm the
+//! timer at [`Session::poll_timeout`].
+//!
+//! # Driving a session from a socket-shaped loop
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant};
+//! use bytes::BytesMut;
+//! use teleport_core::{
+//!     CodecId, Event, Packet, Role, Router, Seq, Session, Shared,
+//! };
+//!
+//! // What the adapter would route to: here just a name.
+//! let mut router = Router::new();
+//! router.pull("/echo", "echo");
+//! let shared = Arc::new(Shared::new(router));
+//! let t0 = Instant::now(); // the adapter reads the clock, never the core
+//!
+//! // Two sessions joined by in-memory "sockets".
+//! let mut client: Session<&str, u32> = Session::new(shared.clone(), Role::Dialer, 1, t0);
+//! let mut server: Session<&str, u32> = Session::new(shared, Role::Acceptor, 2, t0);
+//!
+//! let pull = Packet::default().with_body(CodecId::STRING, &b"hi"[..]);
+//! let mut pull = pull;
+//! pull.uri = "/echo".into();
+//! client.pull(t0, pull, Some(Duration::from_secs(5)), 7).unwrap();
+//!
+//! let mut wire = BytesMut::new();
+//! let mut answered = None;
+//! for _ in 0..4 {
+//!     // client -> server
+//!     client.poll_transmit(&mut wire);
+//!     server.handle_input(t0, &wire.split());
+//!     while let Some(ev) = server.poll_event() {
+//!         if let Event::Pull(p) = ev {
+//!             assert_eq!(p.handler, "echo"); // the router picked it
+//!             let body = p.packet.body.clone();
+//!             server.reply(t0, p.seq, Ok(Packet::default().with_body(CodecId::STRING, body))).unwrap();
+//!         }
+//!     }
+//!     // server -> client
+//!     server.poll_transmit(&mut wire);
+//!     client.handle_input(t0, &wire.split());
+//!     while let Some(ev) = client.poll_event() {
+//!         if let Event::Reply { token, result, .. } = ev {
+//!             answered = Some((token, result.unwrap().body));
+//!         }
+//!     }
+//! }
+//! assert_eq!(answered, Some((7, bytes::Bytes::from_static(b"hi"))));
+//! ```
+
+mod log;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::codec::CodecRegistry;
+use crate::error::ProtoError;
+use crate::packet::{CodecId, Packet, PacketType, Seq, Uri, XferPipe};
+use crate::plugin::{Action, CallDone, Direction, Extensions, PluginCtx, Plugins};
+use crate::proto::{FastProto, Proto};
+use crate::rerror::Rerror;
+use crate::router::{decode_path, Router};
+use crate::xfer::XferRegistry;
+
+/// Settings of every session of a peer.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Timeout of a pull that names none; `None`: wait until the reply or
+    /// the connection's end, as Go v3 does (it has no reply timeout).
+    pub default_timeout: Option<Duration>,
+    /// Most pulls of ours awaiting replies at once; more is backpressure.
+    pub max_pending_pulls: usize,
+    /// Most of the peer's pulls being handled at once; over it the session
+    /// asks not to be fed ([`Session::wants_input`]).
+    pub max_incoming_pulls: usize,
+    /// Most encoded bytes queued for writing; over it new pulls and pushes
+    /// are backpressure and the session asks not to be fed.
+    pub max_queued_bytes: usize,
+    /// Close the session when nothing was read for this long.
+    pub idle_timeout: Option<Duration>,
+    /// How long a graceful [`Session::close`] waits for pending calls.
+    pub close_timeout: Duration,
+    /// Calls (ours or the peer's) slower than this are logged as warnings.
+    pub slow_threshold: Option<Duration>,
+    /// Log each reply with the call's duration.
+    pub count_time: bool,
+    /// Log packet bodies.
+    pub print_body: bool,
+    /// The codec of bodies that name none, and of error replies.
+    pub default_codec: CodecId,
+    /// The read size limit: frame size and every filter's output.
+    pub read_limit: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            default_timeout: None,
+            max_pending_pulls: 1 << 16,
+            max_incoming_pulls: 1 << 16,
+            max_queued_bytes: 32 << 20,
+            idle_timeout: None,
+            close_timeout: Duration::from_secs(30),
+            slow_threshold: None,
+            count_time: false,
+            print_body: false,
+            default_codec: CodecId::JSON,
+            read_limit: crate::proto::DEFAULT_READ_LIMIT,
+        }
+    }
+}
+
+/// What every session of one peer shares: routes, plugins, codecs,
+/// filters and settings.
+#[derive(Debug)]
+pub struct Shared<H> {
+    /// URI paths to handlers.
+    pub router: Router<H>,
+    /// Hooks, in order.
+    pub plugins: Plugins,
+    /// Body codecs.
+    pub codecs: CodecRegistry,
+    /// Transfer filters.
+    pub xfers: Arc<XferRegistry>,
+    /// Session settings.
+    pub config: SessionConfig,
+}
+
+impl<H> Shared<H> {
+    /// Defaults for everything but the router.
+    pub fn new(router: Router<H>) -> Self {
+        Shared {
+            router,
+            plugins: Plugins::new(),
+            codecs: CodecRegistry::default(),
+            xfers: Arc::new(XferRegistry::default()),
+            config: SessionConfig::default(),
+        }
+    }
+
+    /// With these plugins.
+    pub fn with_plugins(mut self, plugins: Plugins) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
+    /// With this configuration.
+    pub fn with_config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// A fast proto with this peer's read limit and filters.
+    pub fn fast_proto(&self) -> FastProto {
+        FastProto::new(self.config.read_limit, self.xfers.clone())
+    }
+}
+
+/// Which end of the connection this side is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// This side dialed.
+    Dialer,
+    /// This side accepted.
+    Acceptor,
+}
+
+/// Why a session ended.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A graceful close finished: every pending call completed.
+    Local,
+    /// A graceful close reached its deadline with calls still pending;
+    /// those pulls failed, those handlers' replies will be dropped.
+    DrainTimeout {
+        /// Our pulls that got no reply.
+        pulls: usize,
+        /// The peer's pulls we had not answered.
+        handlers: usize,
+    },
+    /// The peer closed the connection between frames.
+    PeerClosed,
+    /// The peer sent bytes that are not a valid frame (or ended inside one).
+    Protocol(ProtoError),
+    /// The peer sent a frame of an unknown type [ptype_unknown].
+    UnknownPacketType(u8),
+    /// The transport failed.
+    Io(String),
+    /// Nothing was read for the idle timeout.
+    Idle(Duration),
+    /// A plugin closed the session.
+    Plugin(Rerror),
+}
+
+impl CloseReason {
+    /// The error pending pulls fail with when the session ends this way.
+    pub fn pull_error(&self) -> Rerror {
+        let detail = match self {
+            CloseReason::Local => "session closed".to_string(),
+            CloseReason::DrainTimeout { .. } => "session closed: close timed out".to_string(),
+            CloseReason::PeerClosed => "connection closed by peer".to_string(),
+            CloseReason::Protocol(e) => format!("protocol error: {e}"),
+            CloseReason::UnknownPacketType(t) => format!("unsupported packet type: {t}"),
+            CloseReason::Io(e) => format!("transport error: {e}"),
+            CloseReason::Idle(d) => format!("idle for {d:?}"),
+            CloseReason::Plugin(e) => format!("closed by plugin: {e}"),
+        };
+        Rerror::conn_closed().with_detail(detail)
+    }
+}
+
+/// A pull from the peer, routed to a handler, waiting for
+/// [`Session::reply`].
+#[derive(Debug)]
+pub struct IncomingPull<H> {
+    /// The seq to reply to.
+    pub seq: Seq,
+    /// The pull as received (URI, meta, codec, body, filters).
+    pub packet: Packet,
+    /// The handler the router chose.
+    pub handler: H,
+    /// The codec a reply body should use: the pull's if this peer knows
+    /// it, else the default (Go would fail to reply at all,
+    /// D-UNKNOWN-CODEC-EMPTY).
+    pub reply_codec: CodecId,
+}
+
+/// A push from the peer, routed to a handler.
+#[derive(Debug)]
+pub struct IncomingPush<H> {
+    /// The push as received.
+    pub packet: Packet,
+    /// The handler the router chose.
+    pub handler: H,
+}
+
+/// What a session has to tell its adapter. `Closed` comes exactly once,
+/// last.
+#[derive(Debug)]
+pub enum Event<H, T> {
+    /// The peer pulled; run the handler and [`Session::reply`].
+    Pull(IncomingPull<H>),
+    /// The peer pushed; run the handler.
+    Push(IncomingPush<H>),
+    /// One of our pulls ended: with the reply, its error, a timeout, or the
+    /// connection's end. Each pull ends exactly once.
+    Reply {
+        /// The pull's seq.
+        seq: Seq,
+        /// What the adapter attached to the pull.
+        token: T,
+        /// The reply packet, or why there is none.
+        result: Result<Packet, Rerror>,
+        /// From the pull to its end.
+        elapsed: Duration,
+    },
+    /// The session is over; flush [`Session::poll_transmit`] once more,
+    /// then close the connection.
+    Closed(CloseReason),
+}
+
+/// Counters of one session, readable at any time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Frames decoded.
+    pub frames_in: u64,
+    /// Frames encoded.
+    pub frames_out: u64,
+    /// Bytes of frames decoded.
+    pub bytes_in: u64,
+    /// Bytes of frames encoded.
+    pub bytes_out: u64,
+    /// Replies whose seq matched no pending pull (dropped).
+    pub unmatched_replies: u64,
+    /// Pushes with no route (dropped).
+    pub dropped_pushes: u64,
+    /// Pulls of ours that timed out.
+    pub timeouts: u64,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Sending and receiving.
+    Open,
+    /// Closing gracefully: no new calls, pending ones may finish until the
+    /// deadline.
+    Closing {
+        /// When pending calls are abandoned.
+        deadline: Instant,
+    },
+    /// Over; `Closed` was emitted.
+    Closed,
+}
+
+enum Origin<T> {
+    User(T),
+    Plugin(usize),
+}
+
+struct Pending<T> {
+    origin: Origin<T>,
+    uri: Uri,
+    started: Instant,
+    deadline: Option<Instant>,
+}
+
+struct Incoming {
+    uri: Uri,
+    xfer: XferPipe,
+    started: Instant,
+}
+
+/// Our own seqs are sequential and chosen by us, so a multiplicative hash
+/// is safe and fast. (The peer's seqs use the default, keyed hasher.)
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type SeqMap<V> = HashMap<u64, V, BuildHasherDefault<SeqHasher>>;
+
+/// One connection's protocol state, driven by an adapter.
+///
+/// `H` is the adapter's handler type (cloned out of the router for each
+/// call), `T` what it attaches to each of its pulls to find the caller
+/// again (a one-shot sender, say), `P` the frame format.
+pub struct Session<H, T, P: Proto = FastProto> {
+    id: u64,
+    role: Role,
+    shared: Arc<Shared<H>>,
+    proto: P,
+    rx: BytesMut,
+    tx: BytesMut,
+    next_seq: u64,
+    pending: SeqMap<Pending<T>>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    incoming: HashMap<u64, Incoming>,
+    events: VecDeque<Event<H, T>>,
+    state: State,
+    last_read: Instant,
+    wakes: Vec<Option<Instant>>,
+    ext: Extensions,
+    actions: Vec<Action>,
+    stats: SessionStats,
+}
+
+impl<H: Clone, T> Session<H, T, FastProto> {
+    /// A session speaking the fast proto with the peer's limits.
+    pub fn new(shared: Arc<Shared<H>>, role: Role, id: u64, now: Instant) -> Self {
+        let proto = shared.fast_proto();
+        Session::with_proto(shared, role, id, proto, now)
+    }
+}
+
+impl<H: Clone, T, P: Proto> Session<H, T, P> {
+    /// A session speaking `proto`. Runs the plugins' `after_dial` or
+    /// `after_accept`; if one fails, the session starts closed.
+    pub fn with_proto(shared: Arc<Shared<H>>, role: Role, id: u64, proto: P, now: Instant) -> Self {
+        let n = shared.plugins.len();
+        let mut s = Session {
+            id,
+            role,
+            shared,
+            proto,
+            rx: BytesMut::with_capacity(8 << 10),
+            tx: BytesMut::with_capacity(8 << 10),
+            next_seq: 0,
+            pending: SeqMap::default(),
+            deadlines: BTreeSet::new(),
+            incoming: HashMap::new(),
+            events: VecDeque::new(),
+            state: State::Open,
+            last_read: now,
+            wakes: vec![None; n],
+            ext: Extensions::default(),
+            actions: Vec::new(),
+            stats: SessionStats::default(),
+        };
+        let r = s.hooks(now, None, |p, ctx| match role {
+            Role::Dialer => p.after_dial(ctx),
+            Role::Acceptor => p.after_accept(ctx),
+        });
+        match r {
+            Ok(_) => s.apply_actions(now),
+            Err(e) => s.abort(now, CloseReason::Plugin(e)),
+        }
+        s
+    }
+
+    /// The session's id, as given at creation.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether this side dialed or accepted.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Where the session is in its life.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether `Closed` was emitted.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The peer's shared settings.
+    pub fn shared(&self) -> &Arc<Shared<H>> {
+        &self.shared
+    }
+
+    /// This session's counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Our pulls awaiting replies.
+    pub fn pending_pulls(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The peer's pulls awaiting our replies.
+    pub fn incoming_pulls(&self) -> usize {
+        self.incoming.len()
+    }
+
+    /// Bytes encoded and not yet taken by [`Session::poll_transmit`].
+    pub fn queued_bytes(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Whether the adapter should read more input now. `false` while the
+    /// peer's unanswered pulls or our unwritten bytes are over their bounds:
+    /// not reading is how backpressure reaches the peer.
+    pub fn wants_input(&self) -> bool {
+        self.state != State::Closed
+            && self.incoming.len() < self.shared.config.max_incoming_pulls
+            && self.tx.len() < self.shared.config.max_queued_bytes
+    }
+
+    // ---- sending -------------------------------------------------------
+
+    fn check_can_send(&self, pulls: bool) -> Result<(), Rerror> {
+        let cfg = &self.shared.config;
+        match self.state {
+            State::Open => {}
+            State::Closing { .. } => {
+                return Err(Rerror::conn_closed().with_detail("session is closing"))
+            }
+            State::Closed => return Err(Rerror::conn_closed().with_detail("session is closed")),
+        }
+        if pulls && self.pending.len() >= cfg.max_pending_pulls {
+            return Err(Rerror::new(Rerror::CODE_BACKPRESSURE, "Backpressure")
+                .with_detail(format!("{} pulls pending, the limit", self.pending.len())));
+        }
+        if self.tx.len() >= cfg.max_queued_bytes {
+            return Err(
+                Rerror::new(Rerror::CODE_BACKPRESSURE, "Backpressure").with_detail(format!(
+                    "{} bytes queued for writing, limit {}",
+                    self.tx.len(),
+                    cfg.max_queued_bytes
+                )),
+            );
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, p: &Packet) -> Result<usize, ProtoError> {
+        let before = self.tx.len();
+        self.proto.encode(p, &mut self.tx)?;
+        let n = self.tx.len() - before;
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += n as u64;
+        Ok(n)
+    }
+
+    /// Sends a pull. URI, meta, codec, body and filters come from `packet`
+    /// (a codec of [`CodecId::NONE`] becomes the default); the session sets
+    /// the type and a fresh seq. `timeout`: `None` for the configured
+    /// default, `Duration::MAX` for none at all.
+    ///
+    /// The reply (or timeout, or the connection's end) comes back once as
+    /// [`Event::Reply`] with `token`. A refusal (closing, backpressure, a
+    /// plugin's error, a frame over the limit) hands the token back.
+    pub fn pull(
+        &mut self,
+        now: Instant,
+        packet: Packet,
+        timeout: Option<Duration>,
+        token: T,
+    ) -> Result<Seq, (Rerror, T)> {
+        match self.pull_inner(now, packet, timeout, Origin::User(token)) {
+            Ok(seq) => Ok(seq),
+            Err((e, Origin::User(t))) => Err((e, t)),
+            Err((_, Origin::Plugin(_))) => unreachable!("a user pull keeps its origin"),
+        }
+    }
+
+    fn pull_inner(
+        &mut self,
+        now: Instant,
+        mut packet: Packet,
+        timeout: Option<Duration>,
+        origin: Origin<T>,
+    ) -> Result<Seq, (Rerror, Origin<T>)> {
+        if let Err(e) = self.check_can_send(true) {
+            return Err((e, origin));
+        }
+        let seq = Seq(self.next_seq);
+        packet.ptype = PacketType::PULL;
+        packet.seq = seq;
+        if packet.body_codec == CodecId::NONE {
+            packet.body_codec = self.shared.config.default_codec;
+        }
+        if let Err(e) = self.hooks(now, None, |p, ctx| p.before_write_pull(ctx, &mut packet)) {
+            return Err((e, origin));
+        }
+        let len = match self.encode(&packet) {
+            Ok(n) => n,
+            Err(e) => return Err((Rerror::write_failed(e.to_string()), origin)),
+        };
+        self.next_seq += 1;
+        let deadline = timeout
+            .or(self.shared.config.default_timeout)
+            .and_then(|t| now.checked_add(t));
+        if let Some(d) = deadline {
+            self.deadlines.insert((d, seq.0));
+        }
+        log::sent(&self.shared.config, self.id, &packet, len);
+        self.pending.insert(
+            seq.0,
+            Pending {
+                origin,
+                uri: packet.uri.clone(),
+                started: now,
+                deadline,
+            },
+        );
+        let _ = self.hooks(now, Some(len), |p, ctx| {
+            p.after_write_pull(ctx, &packet);
+            Ok(())
+        });
+        self.apply_actions(now);
+        Ok(seq)
+    }
+
+    /// Sends a push (one-way). Like [`Session::pull`] for what the packet
+    /// carries and for refusals.
+    pub fn push(&mut self, now: Instant, mut packet: Packet) -> Result<Seq, Rerror> {
+        self.check_can_send(false)?;
+        let seq = Seq(self.next_seq);
+        packet.ptype = PacketType::PUSH;
+        packet.seq = seq;
+        if packet.body_codec == CodecId::NONE {
+            packet.body_codec = self.shared.config.default_codec;
+        }
+        self.hooks(now, None, |p, ctx| p.before_write_push(ctx, &mut packet))?;
+        let len = self
+            .encode(&packet)
+            .map_err(|e| Rerror::write_failed(e.to_string()))?;
+        self.next_seq += 1;
+        log::sent(&self.shared.config, self.id, &packet, len);
+        let _ = self.hooks(now, Some(len), |p, ctx| {
+            p.after_write_push(ctx, &packet);
+            Ok(())
+        });
+        self.apply_actions(now);
+        Ok(seq)
+    }
+
+    /// Answers the peer's pull `seq`, once. `Ok(packet)`: its meta, codec
+    /// (none: the pull's, see [`IncomingPull::reply_codec`]), body and any
+    /// filters to add to the pull's; URI and seq are the pull's. `Err`: an
+    /// error reply (empty body, the error in meta).
+    ///
+    /// Fails if no pull with this seq awaits a reply (already answered, or
+    /// abandoned by a close). A reply that cannot be encoded (over the size
+    /// limit, say) is replaced by a 500 error reply and reported here.
+    pub fn reply(
+        &mut self,
+        now: Instant,
+        seq: Seq,
+        result: Result<Packet, Rerror>,
+    ) -> Result<(), Rerror> {
+        let Some(inc) = self.incoming.remove(&seq.0) else {
+            return Err(Rerror::new(Rerror::CODE_BAD_PACKET, "No Such Pull")
+                .with_detail(format!("no pull with seq {seq} awaits a reply")));
+        };
+        let r = self.send_reply(now, seq, inc.uri, inc.xfer, result, Some(inc.started));
+        self.check_drained(now);
+        self.apply_actions(now);
+        r
+    }
+
+    fn error_reply(&self, seq: Seq, uri: Uri, xfer: XferPipe, e: &Rerror) -> Packet {
+        let mut p = Packet::new(PacketType::REPLY, seq, uri);
+        p.body_codec = self.shared.config.default_codec;
+        p.xfer = xfer;
+        e.set_in_meta(&mut p.meta);
+        p
+    }
+
+    fn send_reply(
+        &mut self,
+        now: Instant,
+        seq: Seq,
+        uri: Uri,
+        xfer: XferPipe,
+        result: Result<Packet, Rerror>,
+        started: Option<Instant>,
+    ) -> Result<(), Rerror> {
+        let mut packet = match result {
+            Ok(mut p) => {
+                p.ptype = PacketType::REPLY;
+                p.seq = seq;
+                p.uri = uri.clone();
+                if p.xfer.is_empty() {
+                    p.xfer = xfer.clone();
+                } else {
+                    let mut ids: Vec<_> = xfer.iter().collect();
+                    ids.extend(p.xfer.iter());
+                    p.xfer = XferPipe::from_ids(&ids);
+                }
+                if p.body_codec == CodecId::NONE {
+                    p.body_codec = self.shared.config.default_codec;
+                }
+                p
+            }
+            Err(e) => self.error_reply(seq, uri.clone(), xfer.clone(), &e),
+        };
+        if let Err(e) = self.hooks(now, None, |p, ctx| p.before_write_reply(ctx, &mut packet)) {
+            packet = self.error_reply(seq, uri.clone(), xfer.clone(), &e);
+        }
+        let mut outcome = Ok(());
+        let len = match self.encode(&packet) {
+            Ok(n) => n,
+            Err(err) => {
+                let e = Rerror::internal(format!("reply could not be encoded: {err}"));
+                outcome = Err(e.clone());
+                packet = self.error_reply(seq, uri, xfer, &e);
+                match self.encode(&packet) {
+                    Ok(n) => n,
+                    Err(err) => {
+                        return Err(Rerror::write_failed(format!(
+                            "error reply could not be encoded either: {err}"
+                        )))
+                    }
+                }
+            }
+        };
+        let error = Rerror::from_meta(&packet.meta);
+        let elapsed = started.map(|s| now.saturating_duration_since(s));
+        log::replied(
+            &self.shared.config,
+            self.id,
+            &packet,
+            len,
+            error.as_ref(),
+            elapsed,
+        );
+        let _ = self.hooks(now, Some(len), |p, ctx| {
+            p.after_write_reply(ctx, &packet);
+            if let Some(elapsed) = elapsed {
+                p.on_call_done(
+                    ctx,
+                    &CallDone {
+                        direction: Direction::Incoming,
+                        uri: &packet.uri,
+                        elapsed,
+                        error: error.as_ref(),
+                    },
+                );
+            }
+            Ok(())
+        });
+        outcome
+    }
+
+    /// Starts a graceful close: new pulls and pushes are refused, the
+    /// peer's new pulls are answered with an error, pending calls may
+    /// finish until `now + close_timeout`; then `Closed`.
+    pub fn close(&mut self, now: Instant) {
+        let timeout = self.shared.config.close_timeout;
+        self.close_by(now, now.checked_add(timeout).unwrap_or(now));
+    }
+
+    /// [`Session::close`] with an explicit deadline.
+    pub fn close_by(&mut self, now: Instant, deadline: Instant) {
+        if self.state == State::Open {
+            self.state = State::Closing { deadline };
+            self.check_drained(now);
+        }
+    }
+
+    // ---- input ---------------------------------------------------------
+
+    /// Feeds bytes read from the connection. Complete frames are handled at
+    /// once; a partial frame waits for the rest.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.rx.extend_from_slice(data);
+        self.last_read = now;
+        self.process_input(now);
+    }
+
+    fn process_input(&mut self, now: Instant) {
+        while self.state != State::Closed {
+            let before = self.rx.len();
+            match self.proto.decode(&mut self.rx) {
+                Ok(Some(p)) => {
+                    let len = before - self.rx.len();
+                    self.stats.frames_in += 1;
+                    self.stats.bytes_in += len as u64;
+                    self.on_packet(now, p, len);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(session = self.id, error = %e, "bad frame, closing session");
+                    self.abort(now, CloseReason::Protocol(e));
+                }
+            }
+        }
+        self.apply_actions(now);
+    }
+
+    /// The connection's input ended (the peer closed or shut down its
+    /// write side). A partial frame left over is a protocol error.
+    pub fn handle_eof(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let reason = match self.proto.decode_eof(&mut self.rx) {
+            Err(e) => CloseReason::Protocol(e),
+            Ok(_) => CloseReason::PeerClosed,
+        };
+        self.abort(now, reason);
+    }
+
+    /// The transport failed; the session ends.
+    pub fn handle_io_error(&mut self, now: Instant, error: &dyn std::fmt::Display) {
+        self.abort(now, CloseReason::Io(error.to_string()));
+    }
+
+    fn on_packet(&mut self, now: Instant, mut p: Packet, len: usize) {
+        if !p.ptype.is_known() {
+            tracing::error!(session = self.id, ptype = p.ptype.0, seq = %p.seq, uri = %p.uri,
+                "unsupported packet type, closing session");
+            self.abort(now, CloseReason::UnknownPacketType(p.ptype.0));
+            return;
+        }
+        log::received(&self.shared.config, self.id, &p, len);
+        let header = self.hooks(now, Some(len), |pl, ctx| pl.after_read_header(ctx, &mut p));
+        let result = match header {
+            Ok(true) => return self.apply_actions(now), // swallowed by a plugin
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match p.ptype {
+            PacketType::PULL => self.on_pull(now, p, result),
+            PacketType::PUSH => self.on_push(now, p, result),
+            _ => self.on_reply(now, p, result),
+        }
+    }
+
+    fn on_pull(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>) {
+        let seq = p.seq;
+        if self.incoming.contains_key(&seq.0) {
+            tracing::warn!(session = self.id, %seq, uri = %p.uri,
+                "pull reuses the seq of a pull still being handled; dropped");
+            return;
+        }
+        let routed = header.and_then(|()| {
+            if let State::Closing { .. } = self.state {
+                return Err(Rerror::conn_closed().with_detail("session is closing"));
+            }
+            let path = decode_path(p.uri.path()).map_err(Rerror::bad_packet)?;
+            self.shared
+                .router
+                .route_pull(&path)
+                .cloned()
+                .ok_or_else(Rerror::not_found)
+        });
+        let routed = routed.and_then(|h| {
+            self.hooks(now, None, |pl, ctx| pl.after_read_body(ctx, &mut p))
+                .map(|_| h)
+        });
+        self.incoming.insert(
+            seq.0,
+            Incoming {
+                uri: p.uri.clone(),
+                xfer: p.xfer.clone(),
+                started: now,
+            },
+        );
+        match routed {
+            Ok(handler) => {
+                let reply_codec = if self.shared.codecs.get(p.body_codec).is_ok() {
+                    p.body_codec
+                } else {
+                    self.shared.config.default_codec
+                };
+                self.events.push_back(Event::Pull(IncomingPull {
+                    seq,
+                    packet: p,
+                    handler,
+                    reply_codec,
+                }));
+            }
+            Err(e) => {
+                let _ = self.reply(now, seq, Err(e));
+            }
+        }
+    }
+
+    fn on_push(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>) {
+        let routed = header.and_then(|()| {
+            let path = decode_path(p.uri.path()).map_err(Rerror::bad_packet)?;
+            self.shared
+                .router
+                .route_push(&path)
+                .cloned()
+                .ok_or_else(Rerror::not_found)
+        });
+        let routed = routed.and_then(|h| {
+            self.hooks(now, None, |pl, ctx| pl.after_read_body(ctx, &mut p))
+                .map(|_| h)
+        });
+        match routed {
+            Ok(handler) => self
+                .events
+                .push_back(Event::Push(IncomingPush { packet: p, handler })),
+            Err(e) => {
+                self.stats.dropped_pushes += 1;
+                tracing::warn!(session = self.id, uri = %p.uri, error = %e, "push dropped");
+            }
+        }
+    }
+
+    fn on_reply(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>) {
+        let seq = p.seq;
+        let Some(pend) = self.pending.remove(&seq.0) else {
+            self.stats.unmatched_replies += 1;
+            tracing::warn!(session = self.id, seq = %p.seq, uri = %p.uri,
+                "reply matches no pending pull; dropped");
+            return;
+        };
+        if let Some(d) = pend.deadline {
+            self.deadlines.remove(&(d, seq.0));
+        }
+        let result = header
+            .and_then(|()| self.hooks(now, None, |pl, ctx| pl.after_read_body(ctx, &mut p)))
+            .and_then(|_| match Rerror::from_meta(&p.meta) {
+                Some(e) => Err(e),
+                None => Ok(p),
+            });
+        self.resolve(now, seq, pend, result);
+        self.check_drained(now);
+    }
+
+    /// Ends one of our pulls: logs, plugins, then the event (or the
+    /// plugin's callback).
+    fn resolve(
+        &mut self,
+        now: Instant,
+        seq: Seq,
+        pend: Pending<T>,
+        result: Result<Packet, Rerror>,
+    ) {
+        let elapsed = now.saturating_duration_since(pend.started);
+        log::pull_done(
+            &self.shared.config,
+            self.id,
+            seq,
+            &pend.uri,
+            result.as_ref().err(),
+            elapsed,
+        );
+        let _ = self.hooks(now, None, |pl, ctx| {
+            pl.on_call_done(
+                ctx,
+                &CallDone {
+                    direction: Direction::Outgoing,
+                    uri: &pend.uri,
+                    elapsed,
+                    error: result.as_ref().err(),
+                },
+            );
+            Ok(())
+        });
+        match pend.origin {
+            Origin::User(token) => self.events.push_back(Event::Reply {
+                seq,
+                token,
+                result,
+                elapsed,
+            }),
+            Origin::Plugin(i) => {
+                let _ = self.hook_one(now, i, |pl, ctx| {
+                    pl.on_plugin_reply(ctx, &result);
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    // ---- time ----------------------------------------------------------
+
+    /// The earliest instant the session wants [`Session::handle_timeout`]
+    /// called at; `None` when it waits on nothing.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let mut t = self.deadlines.first().map(|(d, _)| *d);
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        if let State::Closing { deadline } = self.state {
+            consider(Some(deadline));
+        }
+        consider(
+            self.shared
+                .config
+                .idle_timeout
+                .and_then(|d| self.last_read.checked_add(d)),
+        );
+        for w in &self.wakes {
+            consider(*w);
+        }
+        t
+    }
+
+    /// Fires whatever is due at `now`: pull timeouts (exactly at their
+    /// deadline, never before), the idle timeout, the close deadline,
+    /// plugin timers. Calling it early or twice does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        while let Some(&(d, seq)) = self.deadlines.first() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(pend) = self.pending.remove(&seq) {
+                self.stats.timeouts += 1;
+                let e = Rerror::timeout().with_detail(format!("no reply to {} in time", pend.uri));
+                self.resolve(now, Seq(seq), pend, Err(e));
+            }
+        }
+        if let Some(idle) = self.shared.config.idle_timeout {
+            if self.last_read.checked_add(idle).is_some_and(|at| at <= now) {
+                self.abort(now, CloseReason::Idle(idle));
+                return;
+            }
+        }
+        for i in 0..self.wakes.len() {
+            if self.wakes[i].is_some_and(|w| w <= now) {
+                self.wakes[i] = None;
+                let _ = self.hook_one(now, i, |pl, ctx| {
+                    pl.on_timer(ctx);
+                    Ok(())
+                });
+            }
+        }
+        self.apply_actions(now);
+        if let State::Closing { deadline } = self.state {
+            if deadline <= now {
+                let reason = CloseReason::DrainTimeout {
+                    pulls: self.pending.len(),
+                    handlers: self.incoming.len(),
+                };
+                self.abort(now, reason);
+                return;
+            }
+        }
+        self.check_drained(now);
+    }
+
+    // ---- output --------------------------------------------------------
+
+    /// Moves every encoded byte into `dst` (swapping buffers when `dst` is
+    /// empty, so no copy); returns how many. Write them all, in order.
+    pub fn poll_transmit(&mut self, dst: &mut BytesMut) -> usize {
+        let n = self.tx.len();
+        if dst.is_empty() {
+            std::mem::swap(dst, &mut self.tx);
+        } else {
+            dst.extend_from_slice(&self.tx);
+            self.tx.clear();
+        }
+        n
+    }
+
+    /// The next event, in the order they happened.
+    pub fn poll_event(&mut self) -> Option<Event<H, T>> {
+        self.events.pop_front()
+    }
+
+    // ---- ending --------------------------------------------------------
+
+    fn check_drained(&mut self, now: Instant) {
+        if let State::Closing { .. } = self.state {
+            if self.pending.is_empty() && self.incoming.is_empty() {
+                self.finish(now, CloseReason::Local);
+            }
+        }
+    }
+
+    /// Ends the session now: every pending pull fails once with the
+    /// connection-closed error, unanswered peer pulls are abandoned.
+    fn abort(&mut self, now: Instant, reason: CloseReason) {
+        if self.state == State::Closed {
+            return;
+        }
+        let err = reason.pull_error();
+        self.deadlines.clear();
+        let mut pending: Vec<_> = self.pending.drain().collect();
+        pending.sort_unstable_by_key(|(seq, _)| *seq);
+        for (seq, pend) in pending {
+            self.resolve(now, Seq(seq), pend, Err(err.clone()));
+        }
+        self.incoming.clear();
+        self.finish(now, reason);
+    }
+
+    fn finish(&mut self, now: Instant, reason: CloseReason) {
+        self.state = State::Closed;
+        self.wakes.iter_mut().for_each(|w| *w = None);
+        self.actions.clear();
+        let _ = self.hooks(now, None, |pl, ctx| {
+            pl.on_disconnect(ctx, &reason);
+            Ok(())
+        });
+        self.actions.clear();
+        log::closed(self.id, &reason);
+        self.events.push_back(Event::Closed(reason));
+    }
+
+    // ---- plugins -------------------------------------------------------
+
+    /// Runs `f` for every plugin in order; stops at the first error.
+    /// `Ok(true)`: a plugin swallowed the packet.
+    fn hooks(
+        &mut self,
+        now: Instant,
+        frame_len: Option<usize>,
+        mut f: impl FnMut(&dyn crate::plugin::Plugin, &mut PluginCtx<'_>) -> Result<(), Rerror>,
+    ) -> Result<bool, Rerror> {
+        for (i, plugin) in self.shared.plugins.iter().enumerate() {
+            let mut ctx = PluginCtx {
+                now,
+                role: self.role,
+                session_id: self.id,
+                plugin: i,
+                frame_len,
+                ext: &mut self.ext,
+                actions: &mut self.actions,
+                swallowed: false,
+            };
+            f(&**plugin, &mut ctx)?;
+            if ctx.swallowed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn hook_one(
+        &mut self,
+        now: Instant,
+        i: usize,
+        f: impl FnOnce(&dyn crate::plugin::Plugin, &mut PluginCtx<'_>) -> Result<(), Rerror>,
+    ) -> Result<(), Rerror> {
+        let Some(plugin) = self.shared.plugins.iter().nth(i) else {
+            return Ok(());
+        };
+        let mut ctx = PluginCtx {
+            now,
+            role: self.role,
+            session_id: self.id,
+            plugin: i,
+            frame_len: None,
+            ext: &mut self.ext,
+            actions: &mut self.actions,
+            swallowed: false,
+        };
+        f(&**plugin, &mut ctx)
+    }
+
+    /// Carries out what hooks asked for. Bounded, so plugins that keep
+    /// asking cannot loop forever.
+    fn apply_actions(&mut self, now: Instant) {
+        for _ in 0..64 {
+            if self.actions.is_empty() {
+                return;
+            }
+            for action in std::mem::take(&mut self.actions) {
+                match action {
+                    Action::Pull {
+                        plugin,
+                        packet,
+                        timeout,
+                    } => {
+                        if let Err((e, _)) =
+                            self.pull_inner(now, packet, timeout, Origin::Plugin(plugin))
+                        {
+                            let _ = self.hook_one(now, plugin, |pl, ctx| {
+                                pl.on_plugin_reply(ctx, &Err(e));
+                                Ok(())
+                            });
+                        }
+                    }
+                    Action::Push(packet) => {
+                        if let Err(e) = self.push(now, packet) {
+                            tracing::debug!(session = self.id, error = %e, "plugin push refused");
+                        }
+                    }
+                    Action::Reply { seq, result } => {
+                        if let Err(e) = self.reply(now, seq, result) {
+                            tracing::debug!(session = self.id, error = %e, "plugin reply refused");
+                        }
+                    }
+                    Action::Close(e) => {
+                        tracing::info!(session = self.id, error = %e, "plugin closes the session");
+                        self.abort(now, CloseReason::Plugin(e));
+                    }
+                    Action::WakeAt { plugin, at } => {
+                        if self.state != State::Closed {
+                            if let Some(w) = self.wakes.get_mut(plugin) {
+                                *w = Some(at);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tracing::warn!(
+            session = self.id,
+            "plugins kept queueing actions; the rest were dropped"
+        );
+        self.actions.clear();
+    }
+}

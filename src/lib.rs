@@ -1,0 +1,1 @@
+pub use teleport_core as core;

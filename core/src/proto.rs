@@ -156,12 +156,27 @@ impl FastProto {
             let mut cur = std::mem::take(&mut self.scratch);
             let mut next = std::mem::take(&mut self.scratch2);
             cur.clear();
+            let limit = self.limit;
+            // The receiver checks every layer it unwraps against its limit,
+            // so a layer over ours would kill the connection there.
+            let check = |layer: &BytesMut| {
+                if layer.len() > limit {
+                    Err(ProtoError::SizeOverLimit {
+                        size: layer.len(),
+                        limit,
+                    })
+                } else {
+                    Ok(())
+                }
+            };
             let r = Self::write_payload(packet, &mut cur).and_then(|()| {
+                check(&cur)?;
                 // The last listed filter is applied first (SPEC §4).
                 for id in packet.xfer.iter().rev() {
                     next.clear();
                     self.xfers.get(id)?.encode(&cur, &mut next)?;
                     std::mem::swap(&mut cur, &mut next);
+                    check(&cur)?;
                 }
                 dst.extend_from_slice(&cur);
                 Ok(())

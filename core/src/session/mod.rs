@@ -64,6 +64,7 @@
 
 mod log;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -96,6 +97,10 @@ pub struct SessionConfig {
     pub max_queued_bytes: usize,
     /// Close the session when nothing was read for this long.
     pub idle_timeout: Option<Duration>,
+    /// Close the session when a frame that has started arriving is not
+    /// complete this long after its first byte: a peer that drips a frame
+    /// a byte at a time keeps the idle timer fed but not this one.
+    pub frame_timeout: Option<Duration>,
     /// How long a graceful [`Session::close`] waits for pending calls.
     pub close_timeout: Duration,
     /// Calls (ours or the peer's) slower than this are logged as warnings.
@@ -118,6 +123,7 @@ impl Default for SessionConfig {
             max_incoming_pulls: 1 << 16,
             max_queued_bytes: 32 << 20,
             idle_timeout: None,
+            frame_timeout: None,
             close_timeout: Duration::from_secs(30),
             slow_threshold: None,
             count_time: false,
@@ -207,6 +213,8 @@ pub enum CloseReason {
     Io(String),
     /// Nothing was read for the idle timeout.
     Idle(Duration),
+    /// A frame took longer than the frame timeout to arrive whole.
+    FrameTimeout(Duration),
     /// A plugin closed the session.
     Plugin(Rerror),
 }
@@ -222,6 +230,7 @@ impl CloseReason {
             CloseReason::UnknownPacketType(t) => format!("unsupported packet type: {t}"),
             CloseReason::Io(e) => format!("transport error: {e}"),
             CloseReason::Idle(d) => format!("idle for {d:?}"),
+            CloseReason::FrameTimeout(d) => format!("a frame took over {d:?} to arrive"),
             CloseReason::Plugin(e) => format!("closed by plugin: {e}"),
         };
         Rerror::conn_closed().with_detail(detail)
@@ -370,6 +379,8 @@ pub struct Session<H, T, P: Proto = FastProto> {
     events: VecDeque<Event<H, T>>,
     state: State,
     last_read: Instant,
+    /// When the partial frame now buffered began to arrive.
+    partial_since: Option<Instant>,
     wakes: Vec<Option<Instant>>,
     ext: Extensions,
     actions: Vec<Action>,
@@ -394,8 +405,9 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             role,
             shared,
             proto,
-            rx: BytesMut::with_capacity(8 << 10),
-            tx: BytesMut::with_capacity(8 << 10),
+            // Buffers grow with use: an idle session holds none.
+            rx: BytesMut::new(),
+            tx: BytesMut::new(),
             next_seq: 0,
             pending: SeqMap::default(),
             deadlines: BTreeSet::new(),
@@ -403,6 +415,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             events: VecDeque::new(),
             state: State::Open,
             last_read: now,
+            partial_since: None,
             wakes: vec![None; n],
             ext: Extensions::default(),
             actions: Vec::new(),
@@ -475,10 +488,14 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
 
     // ---- sending -------------------------------------------------------
 
-    fn check_can_send(&self, pulls: bool) -> Result<(), Rerror> {
+    /// `plugin_push`: a plugin's own push (a heartbeat ping, say), which
+    /// still goes out while a graceful close drains: without it, a peer
+    /// watching for silence would cut the drain short.
+    fn check_can_send(&self, pulls: bool, plugin_push: bool) -> Result<(), Rerror> {
         let cfg = &self.shared.config;
         match self.state {
             State::Open => {}
+            State::Closing { .. } if plugin_push => {}
             State::Closing { .. } => {
                 return Err(Rerror::conn_closed().with_detail("session is closing"))
             }
@@ -538,7 +555,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         timeout: Option<Duration>,
         origin: Origin<T>,
     ) -> Result<Seq, (Rerror, Origin<T>)> {
-        if let Err(e) = self.check_can_send(true) {
+        if let Err(e) = self.check_can_send(true, false) {
             return Err((e, origin));
         }
         let seq = Seq(self.next_seq);
@@ -581,8 +598,17 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
 
     /// Sends a push (one-way). Like [`Session::pull`] for what the packet
     /// carries and for refusals.
-    pub fn push(&mut self, now: Instant, mut packet: Packet) -> Result<Seq, Rerror> {
-        self.check_can_send(false)?;
+    pub fn push(&mut self, now: Instant, packet: Packet) -> Result<Seq, Rerror> {
+        self.push_inner(now, packet, false)
+    }
+
+    fn push_inner(
+        &mut self,
+        now: Instant,
+        mut packet: Packet,
+        from_plugin: bool,
+    ) -> Result<Seq, Rerror> {
+        self.check_can_send(false, from_plugin)?;
         let seq = Seq(self.next_seq);
         packet.ptype = PacketType::PUSH;
         packet.seq = seq;
@@ -711,7 +737,8 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         outcome
     }
 
-    /// Starts a graceful close: new pulls and pushes are refused, the
+    /// Starts a graceful close: new pulls and pushes are refused (a
+    /// plugin's own pushes, such as heartbeat pings, still go out), the
     /// peer's new pulls are answered with an error, pending calls may
     /// finish until `now + close_timeout`; then `Closed`.
     pub fn close(&mut self, now: Instant) {
@@ -741,6 +768,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
     }
 
     fn process_input(&mut self, now: Instant) {
+        let mut decoded = false;
         while self.state != State::Closed {
             let before = self.rx.len();
             match self.proto.decode(&mut self.rx) {
@@ -748,9 +776,19 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                     let len = before - self.rx.len();
                     self.stats.frames_in += 1;
                     self.stats.bytes_in += len as u64;
+                    decoded = true;
                     self.on_packet(now, p, len);
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // A frame that began in this input starts its clock now;
+                    // one still incomplete from before keeps its start.
+                    if self.rx.is_empty() {
+                        self.partial_since = None;
+                    } else if decoded || self.partial_since.is_none() {
+                        self.partial_since = Some(now);
+                    }
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(session = self.id, error = %e, "bad frame, closing session");
                     self.abort(now, CloseReason::Protocol(e));
@@ -788,7 +826,27 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         log::received(&self.shared.config, self.id, &p, len);
         let header = self.hooks(now, Some(len), |pl, ctx| pl.after_read_header(ctx, &mut p));
         let result = match header {
-            Ok(true) => return self.apply_actions(now), // swallowed by a plugin
+            Ok(true) => {
+                // Swallowed by a plugin. A swallowed pull is the plugin's to
+                // answer (`PluginCtx::reply`): register it so the reply
+                // finds it, as a routed pull would be.
+                if p.ptype == PacketType::PULL {
+                    match self.incoming.entry(p.seq.0) {
+                        Entry::Vacant(v) => {
+                            v.insert(Incoming {
+                                uri: p.uri.clone(),
+                                xfer: p.xfer.clone(),
+                                started: now,
+                            });
+                        }
+                        Entry::Occupied(_) => {
+                            tracing::warn!(session = self.id, seq = %p.seq, uri = %p.uri,
+                                "swallowed pull reuses the seq of a pull still being handled");
+                        }
+                    }
+                }
+                return self.apply_actions(now);
+            }
             Ok(false) => Ok(()),
             Err(e) => Err(e),
         };
@@ -942,6 +1000,11 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
 
     // ---- time ----------------------------------------------------------
 
+    fn frame_deadline(&self) -> Option<Instant> {
+        let limit = self.shared.config.frame_timeout?;
+        self.partial_since?.checked_add(limit)
+    }
+
     /// The earliest instant the session wants [`Session::handle_timeout`]
     /// called at; `None` when it waits on nothing.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -963,6 +1026,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 .idle_timeout
                 .and_then(|d| self.last_read.checked_add(d)),
         );
+        consider(self.frame_deadline());
         for w in &self.wakes {
             consider(*w);
         }
@@ -993,6 +1057,18 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 return;
             }
         }
+        if let (Some(at), Some(limit)) = (self.frame_deadline(), self.shared.config.frame_timeout) {
+            if at <= now {
+                tracing::warn!(
+                    session = self.id,
+                    ?limit,
+                    buffered = self.rx.len(),
+                    "frame not complete in time, closing session"
+                );
+                self.abort(now, CloseReason::FrameTimeout(limit));
+                return;
+            }
+        }
         for i in 0..self.wakes.len() {
             if self.wakes[i].is_some_and(|w| w <= now) {
                 self.wakes[i] = None;
@@ -1003,6 +1079,9 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             }
         }
         self.apply_actions(now);
+        // Calls that ended just now (timed out at the deadline, say) make
+        // a clean close, not a drain timeout.
+        self.check_drained(now);
         if let State::Closing { deadline } = self.state {
             if deadline <= now {
                 let reason = CloseReason::DrainTimeout {
@@ -1010,10 +1089,8 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                     handlers: self.incoming.len(),
                 };
                 self.abort(now, reason);
-                return;
             }
         }
-        self.check_drained(now);
     }
 
     // ---- output --------------------------------------------------------
@@ -1151,7 +1228,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                         }
                     }
                     Action::Push(packet) => {
-                        if let Err(e) = self.push(now, packet) {
+                        if let Err(e) = self.push_inner(now, packet, true) {
                             tracing::debug!(session = self.id, error = %e, "plugin push refused");
                         }
                     }

@@ -1,0 +1,120 @@
+//! The README's demo: a server and a client on loopback in one process.
+//! The server has a controller group, the client pulls with meta and a
+//! query, the server pushes to the client, and everything is logged.
+//!
+//! Run: `cargo run --example demo`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use teleport::tokio::{PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied};
+use teleport::Rerror;
+
+/// The seed's `Home` controller: `Home::test` serves `/home/test`.
+struct Home;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Args {
+    a: i32,
+    b: i32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Sum {
+    sum: i32,
+    peer_id: String,
+    author: String,
+}
+
+impl Home {
+    async fn test(self: Arc<Self>, ctx: PullCtx, args: Args) -> Result<Replied<Sum>, Rerror> {
+        // Push to the caller before replying, as the seed's demo does.
+        let note = format!("server got {args:?}");
+        ctx.session().push("/push/note", &note).await?;
+        let peer_id = ctx.query().get("peer_id").unwrap_or_default().to_string();
+        let author = ctx.meta().get("author").unwrap_or_default().to_string();
+        Ok(Replied::new(Sum {
+            sum: args.a + args.b,
+            peer_id,
+            author,
+        })
+        .meta("served-by", "teleport-rs"))
+    }
+
+    async fn fail(self: Arc<Self>, _ctx: PullCtx, _args: ()) -> Result<(), Rerror> {
+        Err(Rerror::new(1001, "demo error").with_detail("this route always fails"))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,teleport::packet=debug".into()),
+        )
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+
+    // Server: listens on a free loopback port.
+    let cfg = PeerConfig {
+        listen_address: "127.0.0.1:0".into(),
+        count_time: true,
+        print_body: true,
+        slow_call_threshold: Some(Duration::from_millis(500)),
+        ..PeerConfig::default()
+    };
+    let mut b = PeerBuilder::new(cfg);
+    b.group("/v1")
+        .controller(Home)
+        .pull("test", Home::test)
+        .pull("fail", Home::fail);
+    let server = b.build()?;
+    let addr = server.bind().await?;
+
+    // Client: takes pushes on /push/note.
+    let mut b = PeerBuilder::new(PeerConfig {
+        count_time: true,
+        ..PeerConfig::default()
+    });
+    b.push("/push/note", |ctx: PushCtx, note: String| async move {
+        println!("client <- push {}: {note}", ctx.uri());
+    });
+    let client = b.build()?;
+    let session = client.dial(&addr.to_string()).await?;
+
+    for i in 0..3 {
+        let reply = session
+            .call(format!("/v1/home/test?peer_id={}", 100 + i))
+            .meta("author", "henrylee2cn")
+            .pull::<_, Sum>(&Args { a: i, b: 10 })
+            .await?;
+        println!(
+            "client <- reply {:?} (meta served-by={:?})",
+            reply.value,
+            reply.meta.get("served-by")
+        );
+    }
+    let gz = session
+        .call("/v1/home/test?peer_id=gzip")
+        .gzip()
+        .pull::<_, Sum>(&Args { a: 1, b: 1 })
+        .await?;
+    println!("client <- gzipped reply {:?}", gz.value);
+    match session.pull::<_, ()>("/v1/home/fail", &()).await {
+        Err(e) => println!("client <- error reply: {e}"),
+        Ok(_) => return Err("the fail route succeeded".into()),
+    }
+    match session.pull::<_, ()>("/nowhere", &()).await {
+        Err(e) => println!("client <- unknown route: {e}"),
+        Ok(_) => return Err("an unknown route answered".into()),
+    }
+
+    // Client closes, then the server shuts down gracefully.
+    session.close().await;
+    let report = server.shutdown(Duration::from_secs(2)).await;
+    println!("server shut down: {report:?}");
+    Ok(())
+}

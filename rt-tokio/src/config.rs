@@ -1,0 +1,136 @@
+//! Peer settings, loadable from TOML or YAML through serde.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use teleport_core::{CodecId, CodecRegistry, SessionConfig};
+
+/// The transport a peer listens on and dials with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// TCP over IPv4 or IPv6, whichever the address is.
+    #[default]
+    Tcp,
+    /// TCP over IPv4 only.
+    Tcp4,
+    /// TCP over IPv6 only.
+    Tcp6,
+    /// Unix stream socket; the address is a filesystem path.
+    Unix,
+    /// Unix seqpacket socket. Not supported yet: connecting or listening
+    /// with it fails with `Unsupported` (see the crate docs).
+    Unixpacket,
+}
+
+/// A peer's settings; every field has a default, so `{}` is a valid
+/// config. Durations are written like `"5s"` or `"150ms"`.
+///
+/// ```
+/// let cfg: teleport_tokio::PeerConfig = toml::from_str(r#"
+///     listen_address = "127.0.0.1:9090"
+///     default_pull_timeout = "5s"
+///     slow_call_threshold = "200ms"
+///     default_body_codec = "protobuf"
+///     redial_times = 3
+/// "#).unwrap();
+/// assert_eq!(cfg.redial_times, 3);
+/// assert_eq!(cfg.default_pull_timeout, Some(std::time::Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Where `listen` binds (`host:port`, or a path for unix sockets).
+    pub listen_address: String,
+    /// The transport.
+    pub network: Network,
+    /// SO_RCVBUF, when set.
+    pub read_buffer_size: Option<usize>,
+    /// SO_SNDBUF, when set.
+    pub write_buffer_size: Option<usize>,
+    /// Largest frame accepted or sent, in bytes (also every transfer
+    /// filter's output). Go's default is 4 GiB − 1; ours is 64 MiB.
+    pub read_limit: usize,
+    /// Timeout of a pull that names none; unset: wait for the reply or the
+    /// connection's end, as Go v3 does.
+    #[serde(with = "humantime_serde")]
+    pub default_pull_timeout: Option<Duration>,
+    /// How many times a dialed session re-dials after its connection broke
+    /// (0: never).
+    pub redial_times: u32,
+    /// Wait before the first re-dial; doubled after each failure.
+    #[serde(with = "humantime_serde")]
+    pub redial_interval: Duration,
+    /// Calls slower than this are logged as warnings.
+    #[serde(with = "humantime_serde")]
+    pub slow_call_threshold: Option<Duration>,
+    /// Log packet bodies.
+    pub print_body: bool,
+    /// Log each call's duration.
+    pub count_time: bool,
+    /// The codec of bodies that name none: `json`, `protobuf` or `string`.
+    pub default_body_codec: String,
+    /// Close a session when nothing was read for this long.
+    #[serde(with = "humantime_serde")]
+    pub default_session_idle_timeout: Option<Duration>,
+    /// Close a session whose peer takes longer than this to send the rest
+    /// of a frame it started (a slow-drip guard).
+    #[serde(with = "humantime_serde")]
+    pub frame_timeout: Option<Duration>,
+    /// How long a graceful session close waits for pending calls.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+    /// Most of our pulls awaiting replies on one session.
+    pub max_pending_pulls: usize,
+    /// Most bytes queued for writing on one session.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        let s = SessionConfig::default();
+        PeerConfig {
+            listen_address: "127.0.0.1:0".into(),
+            network: Network::Tcp,
+            read_buffer_size: None,
+            write_buffer_size: None,
+            read_limit: s.read_limit,
+            default_pull_timeout: None,
+            redial_times: 0,
+            redial_interval: Duration::from_millis(100),
+            slow_call_threshold: None,
+            print_body: false,
+            count_time: false,
+            default_body_codec: "json".into(),
+            default_session_idle_timeout: None,
+            frame_timeout: None,
+            close_timeout: s.close_timeout,
+            max_pending_pulls: s.max_pending_pulls,
+            max_queued_bytes: s.max_queued_bytes,
+        }
+    }
+}
+
+impl PeerConfig {
+    /// The core session settings these stand for.
+    pub fn session_config(&self, codecs: &CodecRegistry) -> std::io::Result<SessionConfig> {
+        let default_codec = match self.default_body_codec.as_str() {
+            "" => CodecId::JSON,
+            name => codecs.by_name(name).map(|c| c.id())?,
+        };
+        Ok(SessionConfig {
+            default_timeout: self.default_pull_timeout,
+            max_pending_pulls: self.max_pending_pulls,
+            max_queued_bytes: self.max_queued_bytes,
+            idle_timeout: self.default_session_idle_timeout,
+            frame_timeout: self.frame_timeout,
+            close_timeout: self.close_timeout,
+            slow_threshold: self.slow_call_threshold,
+            count_time: self.count_time,
+            print_body: self.print_body,
+            default_codec,
+            read_limit: self.read_limit,
+            ..SessionConfig::default()
+        })
+    }
+}

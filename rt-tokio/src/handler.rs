@@ -1,0 +1,237 @@
+//! Handlers and their contexts.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use teleport_core::{
+    CodecId, CodecRegistry, DecodeBody, EncodeBody, Meta, Packet, Rerror, Seq, Uri, XferPipe,
+};
+
+use crate::net::PeerAddr;
+use crate::session::Session;
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+type PullFn = dyn Fn(PullCtx) -> BoxFuture<Result<Packet, Rerror>> + Send + Sync;
+type PushFn = dyn Fn(PushCtx) -> BoxFuture<()> + Send + Sync;
+
+/// A routed handler, as the router stores it.
+#[derive(Clone)]
+pub enum Handler {
+    /// Answers pulls.
+    Pull(Arc<PullFn>),
+    /// Takes pushes.
+    Push(Arc<PushFn>),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Handler::Pull(_) => "Handler::Pull",
+            Handler::Push(_) => "Handler::Push",
+        })
+    }
+}
+
+/// What a pull handler knows: the session (to push or pull back), the
+/// pull's URI, query, meta and body codec, and the peer's address.
+pub struct PullCtx {
+    pub(crate) session: Session,
+    pub(crate) packet: Packet,
+    pub(crate) reply_codec: CodecId,
+}
+
+/// What a push handler knows.
+pub struct PushCtx {
+    pub(crate) session: Session,
+    pub(crate) packet: Packet,
+}
+
+macro_rules! ctx_common {
+    ($t:ty) => {
+        impl $t {
+            /// The session the packet came on; push or pull back through it.
+            pub fn session(&self) -> &Session {
+                &self.session
+            }
+
+            /// The packet's URI (path and query).
+            pub fn uri(&self) -> &Uri {
+                &self.packet.uri
+            }
+
+            /// The URI's path, as text.
+            pub fn path(&self) -> std::borrow::Cow<'_, str> {
+                String::from_utf8_lossy(self.packet.uri.path())
+            }
+
+            /// The URI's query pairs.
+            pub fn query(&self) -> Meta {
+                self.packet.uri.query_pairs()
+            }
+
+            /// The packet's meta.
+            pub fn meta(&self) -> &Meta {
+                &self.packet.meta
+            }
+
+            /// The codec the body was encoded with.
+            pub fn body_codec(&self) -> CodecId {
+                self.packet.body_codec
+            }
+
+            /// The body as received.
+            pub fn raw_body(&self) -> &Bytes {
+                &self.packet.body
+            }
+
+            /// The packet's seq.
+            pub fn seq(&self) -> Seq {
+                self.packet.seq
+            }
+
+            /// The transfer filters the packet came through.
+            pub fn xfer(&self) -> &XferPipe {
+                &self.packet.xfer
+            }
+
+            /// The peer's address.
+            pub fn remote_addr(&self) -> &PeerAddr {
+                self.session.remote_addr()
+            }
+
+            /// Decodes the body as `T` with its codec (an empty body gives
+            /// `T`'s zero value). A body that does not decode is a 400.
+            pub fn bind<T: DecodeBody>(&self) -> Result<T, Rerror> {
+                self.session
+                    .codecs()
+                    .decode(self.packet.body_codec, &self.packet.body)
+                    .map_err(|e| Rerror::bad_packet(format!("body: {e}")))
+            }
+        }
+    };
+}
+
+ctx_common!(PullCtx);
+ctx_common!(PushCtx);
+
+impl PullCtx {
+    /// The codec the reply body will use unless the handler picks one.
+    pub fn reply_codec(&self) -> CodecId {
+        self.reply_codec
+    }
+}
+
+/// What a pull handler may return: any body value (encoded with the
+/// pull's codec), or [`Replied`] to add meta, pick a codec or filters.
+pub trait IntoReply {
+    /// Turns the handler's value into a reply packet (meta, codec, body,
+    /// extra filters).
+    fn into_reply(self, codecs: &CodecRegistry, codec: CodecId) -> Result<Packet, Rerror>;
+}
+
+fn encode_reply<T: EncodeBody + ?Sized>(
+    value: &T,
+    codecs: &CodecRegistry,
+    codec: CodecId,
+) -> Result<Packet, Rerror> {
+    let body = codecs
+        .encode_to_bytes(codec, value)
+        .map_err(|e| Rerror::internal(format!("reply body: {e}")))?;
+    Ok(Packet::default().with_body(codec, body))
+}
+
+impl<T: EncodeBody> IntoReply for T {
+    fn into_reply(self, codecs: &CodecRegistry, codec: CodecId) -> Result<Packet, Rerror> {
+        encode_reply(&self, codecs, codec)
+    }
+}
+
+/// A reply value with meta, and optionally its own codec and extra
+/// transfer filters (added after the pull's, which a reply always keeps).
+#[derive(Debug, Clone, Default)]
+pub struct Replied<T> {
+    /// The body value.
+    pub value: T,
+    /// Meta for the reply.
+    pub meta: Meta,
+    /// A codec other than the pull's.
+    pub codec: Option<CodecId>,
+    /// Filters to add.
+    pub xfer: XferPipe,
+}
+
+impl<T> Replied<T> {
+    /// The value with no meta.
+    pub fn new(value: T) -> Self {
+        Replied {
+            value,
+            meta: Meta::new(),
+            codec: None,
+            xfer: XferPipe::new(),
+        }
+    }
+
+    /// Adds a meta pair.
+    pub fn meta(mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
+        self.meta.add(key, value);
+        self
+    }
+
+    /// Encodes the body with this codec.
+    pub fn codec(mut self, codec: CodecId) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+}
+
+impl<T: EncodeBody> IntoReply for Replied<T> {
+    fn into_reply(self, codecs: &CodecRegistry, codec: CodecId) -> Result<Packet, Rerror> {
+        let mut p = encode_reply(&self.value, codecs, self.codec.unwrap_or(codec))?;
+        p.meta = self.meta;
+        p.xfer = self.xfer;
+        Ok(p)
+    }
+}
+
+/// Wraps a typed pull handler: decodes the argument, runs it, encodes the
+/// result. An argument that does not decode is answered with a 400 and
+/// the handler does not run (Go closes the connection, D-BODY-KILLS-CONN).
+pub(crate) fn pull_handler<F, Fut, A, R>(f: F) -> Handler
+where
+    F: Fn(PullCtx, A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, Rerror>> + Send + 'static,
+    A: DecodeBody + Send + 'static,
+    R: IntoReply + 'static,
+{
+    Handler::Pull(Arc::new(move |ctx: PullCtx| {
+        let arg = match ctx.bind::<A>() {
+            Ok(a) => a,
+            Err(e) => return Box::pin(std::future::ready(Err(e))) as BoxFuture<_>,
+        };
+        let codecs = ctx.session.shared().clone();
+        let codec = ctx.reply_codec;
+        let fut = f(ctx, arg);
+        Box::pin(async move { fut.await?.into_reply(&codecs.codecs, codec) })
+    }))
+}
+
+/// Wraps a typed push handler. An argument that does not decode is logged
+/// and dropped.
+pub(crate) fn push_handler<F, Fut, A>(f: F) -> Handler
+where
+    F: Fn(PushCtx, A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+    A: DecodeBody + Send + 'static,
+{
+    Handler::Push(Arc::new(move |ctx: PushCtx| match ctx.bind::<A>() {
+        Ok(a) => Box::pin(f(ctx, a)) as BoxFuture<()>,
+        Err(e) => {
+            tracing::warn!(uri = %ctx.uri(), error = %e, "push body does not decode; dropped");
+            Box::pin(std::future::ready(()))
+        }
+    }))
+}

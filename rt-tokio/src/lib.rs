@@ -1,0 +1,47 @@
+//! `teleport-tokio`: teleport peers on the tokio runtime.
+//!
+//! A [`Peer`] is a server and a client at once. Routes are registered on a
+//! [`PeerBuilder`]; [`Peer::bind`] / [`Peer::listen`] serve them and
+//! [`Peer::dial`] connects out. Either way you get a [`Session`] handle to
+//! pull and push on, and handlers get one in their context to push or pull
+//! back. The protocol work is done by `teleport-core`; this crate moves
+//! bytes, arms one timer per session and runs handlers.
+//!
+//! ```no_run
+//! use teleport_core::Rerror;
+//! use teleport_tokio::{PeerBuilder, PeerConfig, PullCtx, Peer};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut server = PeerBuilder::new(PeerConfig::default());
+//! server.pull("/hello", |_ctx: PullCtx, name: String| async move {
+//!     Ok::<_, Rerror>(format!("hello, {name}"))
+//! });
+//! let server = server.build()?;
+//! let addr = server.bind().await?;
+//!
+//! let client = Peer::new(PeerConfig::default())?;
+//! let session = client.dial(&addr.to_string()).await?;
+//! let reply = session.pull::<_, String>("/hello", "teleport").await?;
+//! assert_eq!(reply.value, "hello, teleport");
+//! # Ok(()) }
+//! ```
+//!
+//! `unixpacket` is accepted in the config but not supported yet: it needs a
+//! seqpacket socket type tokio does not have; dialing or listening with it
+//! fails with `Unsupported`.
+#![warn(missing_docs)]
+
+mod config;
+mod conn;
+mod handler;
+mod net;
+mod peer;
+mod session;
+
+pub use config::{Network, PeerConfig};
+pub use handler::{BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied};
+pub use net::PeerAddr;
+pub use peer::{Controller, Group, Peer, PeerBuilder, ShutdownReport};
+pub use session::{Call, Reply, Session};
+
+pub use teleport_core as core;

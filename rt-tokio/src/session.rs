@@ -1,0 +1,290 @@
+//! The session handle user code holds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use teleport_core::{
+    CodecId, CodecRegistry, DecodeBody, EncodeBody, Meta, Packet, PacketType, Rerror, Seq, Shared,
+    Uri, XferId, XferPipe,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::handler::Handler;
+use crate::net::PeerAddr;
+
+/// What a handle asks of the connection task that owns the session.
+pub(crate) enum Command {
+    Pull {
+        packet: Packet,
+        timeout: Option<Duration>,
+        tx: oneshot::Sender<Result<Packet, Rerror>>,
+    },
+    Push {
+        packet: Packet,
+        tx: oneshot::Sender<Result<(), Rerror>>,
+    },
+    Close {
+        deadline: Option<Instant>,
+        done: Option<oneshot::Sender<()>>,
+    },
+}
+
+pub(crate) struct SessionInner {
+    pub(crate) id: u64,
+    pub(crate) cmd: mpsc::UnboundedSender<Command>,
+    pub(crate) remote: PeerAddr,
+    pub(crate) local: PeerAddr,
+    pub(crate) shared: Arc<Shared<Handler>>,
+}
+
+/// A handle to one session: cheap to clone, `Send + Sync`. Pulls from many
+/// tasks are pipelined over the one connection.
+///
+/// Dropping handles does not close the session; [`Session::close`] or the
+/// peer's shutdown does.
+#[derive(Clone)]
+pub struct Session(pub(crate) Arc<SessionInner>);
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.0.id)
+            .field("remote", &self.0.remote)
+            .finish()
+    }
+}
+
+/// A reply's decoded body, with its meta and codec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply<T> {
+    /// The decoded body.
+    pub value: T,
+    /// The reply's meta.
+    pub meta: Meta,
+    /// The codec the body came in.
+    pub codec: CodecId,
+}
+
+impl<T> Reply<T> {
+    /// The body, without meta.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+impl<T> std::ops::Deref for Reply<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl Session {
+    /// The session's id, unique within its peer; it survives redials.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The other end's address.
+    pub fn remote_addr(&self) -> &PeerAddr {
+        &self.0.remote
+    }
+
+    /// This end's address (of the first connection, for a redialed one).
+    pub fn local_addr(&self) -> &PeerAddr {
+        &self.0.local
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared<Handler>> {
+        &self.0.shared
+    }
+
+    /// The codecs of this session's peer.
+    pub fn codecs(&self) -> &CodecRegistry {
+        &self.0.shared.codecs
+    }
+
+    /// Pulls `uri` with `arg` in the peer's default codec and decodes the
+    /// reply as `R`.
+    pub async fn pull<A, R>(&self, uri: &str, arg: &A) -> Result<Reply<R>, Rerror>
+    where
+        A: EncodeBody + ?Sized,
+        R: DecodeBody,
+    {
+        self.call(uri).pull(arg).await
+    }
+
+    /// Pushes `uri` with `arg` in the peer's default codec. Returns once
+    /// the push is queued on the connection; the peer sends no answer.
+    pub async fn push<A: EncodeBody + ?Sized>(&self, uri: &str, arg: &A) -> Result<(), Rerror> {
+        self.call(uri).push(arg).await
+    }
+
+    /// A pull or push with options: meta, timeout, codec, filters.
+    pub fn call(&self, uri: impl Into<Uri>) -> Call<'_> {
+        Call {
+            session: self,
+            packet: Packet::new(PacketType::PULL, Seq(0), uri),
+            timeout: None,
+        }
+    }
+
+    /// Closes the session gracefully: pending calls may finish for the
+    /// peer's close timeout; returns when the connection is closed.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .0
+            .cmd
+            .send(Command::Close {
+                deadline: None,
+                done: Some(tx),
+            })
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+
+    /// Whether the session's connection task has ended for good.
+    pub fn is_closed(&self) -> bool {
+        self.0.cmd.is_closed()
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), Rerror> {
+        self.0
+            .cmd
+            .send(cmd)
+            .map_err(|_| Rerror::conn_closed().with_detail("session is closed"))
+    }
+}
+
+/// Options of one call, then [`Call::pull`] or [`Call::push`].
+///
+/// ```no_run
+/// # async fn f(s: teleport_tokio::Session) -> Result<(), teleport_core::Rerror> {
+/// use std::time::Duration;
+/// let reply = s
+///     .call("/home/test?peer_id=110")
+///     .meta("author", "henrylee2cn")
+///     .timeout(Duration::from_secs(2))
+///     .gzip()
+///     .pull::<_, serde_json::Value>(&serde_json::json!({"a": 1}))
+///     .await?;
+/// println!("{:?} {:?}", reply.value, reply.meta.get("echo"));
+/// # Ok(()) }
+/// ```
+#[must_use = "a call does nothing until pulled or pushed"]
+pub struct Call<'a> {
+    session: &'a Session,
+    packet: Packet,
+    timeout: Option<Duration>,
+}
+
+impl Call<'_> {
+    /// Adds a meta pair.
+    pub fn meta(mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
+        self.packet.meta.add(key, value);
+        self
+    }
+
+    /// Adds every pair of `meta`.
+    pub fn meta_all(mut self, meta: &Meta) -> Self {
+        self.packet.meta.extend_from(meta);
+        self
+    }
+
+    /// A timeout for this pull (`Duration::MAX`: none, whatever the
+    /// default).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The body codec.
+    pub fn codec(mut self, codec: CodecId) -> Self {
+        self.packet.body_codec = codec;
+        self
+    }
+
+    /// Adds a transfer filter (the first added is the outermost).
+    pub fn xfer(mut self, id: XferId) -> Self {
+        self.packet.xfer.push(id);
+        self
+    }
+
+    /// Gzips the payload.
+    pub fn gzip(self) -> Self {
+        self.xfer(XferId::GZIP)
+    }
+
+    /// Sets the whole filter pipe.
+    pub fn xfer_pipe(mut self, pipe: XferPipe) -> Self {
+        self.packet.xfer = pipe;
+        self
+    }
+
+    fn encode<A: EncodeBody + ?Sized>(&mut self, arg: &A) -> Result<(), Rerror> {
+        if self.packet.body_codec == CodecId::NONE {
+            self.packet.body_codec = self.session.0.shared.config.default_codec;
+        }
+        self.packet.body = self
+            .session
+            .codecs()
+            .encode_to_bytes(self.packet.body_codec, arg)
+            .map_err(|e| Rerror::write_failed(format!("body: {e}")))?;
+        Ok(())
+    }
+
+    /// Sends the pull with `arg` and decodes the reply as `R`.
+    pub async fn pull<A, R>(mut self, arg: &A) -> Result<Reply<R>, Rerror>
+    where
+        A: EncodeBody + ?Sized,
+        R: DecodeBody,
+    {
+        self.encode(arg)?;
+        let session = self.session;
+        let p = self.pull_packet().await?;
+        let value = session
+            .codecs()
+            .decode(p.body_codec, &p.body)
+            .map_err(|e| Rerror::bad_packet(format!("reply body: {e}")))?;
+        Ok(Reply {
+            value,
+            meta: p.meta,
+            codec: p.body_codec,
+        })
+    }
+
+    /// Sends the pull with an already encoded body; returns the reply
+    /// packet undecoded (for proxies: the body is never copied).
+    pub async fn pull_raw(mut self, codec: CodecId, body: Bytes) -> Result<Packet, Rerror> {
+        self.packet.body_codec = codec;
+        self.packet.body = body;
+        self.pull_packet().await
+    }
+
+    async fn pull_packet(self) -> Result<Packet, Rerror> {
+        let (tx, rx) = oneshot::channel();
+        self.session.send(Command::Pull {
+            packet: self.packet,
+            timeout: self.timeout,
+            tx,
+        })?;
+        rx.await
+            .unwrap_or_else(|_| Err(Rerror::conn_closed().with_detail("session task ended")))
+    }
+
+    /// Sends a push with `arg`.
+    pub async fn push<A: EncodeBody + ?Sized>(mut self, arg: &A) -> Result<(), Rerror> {
+        self.encode(arg)?;
+        let (tx, rx) = oneshot::channel();
+        self.session.send(Command::Push {
+            packet: self.packet,
+            tx,
+        })?;
+        rx.await
+            .unwrap_or_else(|_| Err(Rerror::conn_closed().with_detail("session task ended")))
+    }
+}

@@ -48,7 +48,7 @@ async fn serve_teleport() -> String {
             Ok::<_, Rerror>(Protobuf(reply_to(m)))
         },
     );
-    let peer = b.build().expect("peer");
+    let peer = Peer::from_builder(b).expect("peer");
     let addr = peer.bind().await.expect("bind").to_string();
     std::mem::forget(peer); // serve until killed
     addr

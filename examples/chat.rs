@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     });
-    let server = b.build()?;
+    let server = Peer::from_builder(b)?;
     peer_tx.send_replace(Some(server.clone()));
     let addr = server.bind().await?.to_string();
 
@@ -59,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let _ = heard.send((name, line));
             }
         });
-        sessions.push((name, b.build()?.dial(&addr).await?));
+        sessions.push((name, Peer::from_builder(b)?.dial(&addr).await?));
     }
     drop(heard_tx);
 

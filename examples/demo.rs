@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use teleport::tokio::{PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied};
+use teleport::tokio::{Peer, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied};
 use teleport::Rerror;
 
 /// The seed's `Home` controller: `Home::test` serves `/home/test`.
@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .controller(Home)
         .pull("test", Home::test)
         .pull("fail", Home::fail);
-    let server = b.build()?;
+    let server = Peer::from_builder(b)?;
     let addr = server.bind().await?;
 
     // Client: takes pushes on /push/note.
@@ -82,7 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     b.push("/push/note", |ctx: PushCtx, note: String| async move {
         println!("client <- push {}: {note}", ctx.uri());
     });
-    let client = b.build()?;
+    let client = Peer::from_builder(b)?;
     let session = client.dial(&addr.to_string()).await?;
 
     for i in 0..3 {

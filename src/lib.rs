@@ -16,7 +16,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut b = PeerBuilder::new(PeerConfig::default());
 //! b.pull("/echo", |_ctx: PullCtx, s: String| async move { Ok::<_, Rerror>(s) });
-//! let server = b.build()?;
+//! let server = Peer::from_builder(b)?;
 //! let addr = server.bind().await?;
 //! let session = Peer::new(PeerConfig::default())?.dial(&addr.to_string()).await?;
 //! assert_eq!(session.pull::<_, String>("/echo", "hi").await?.value, "hi");

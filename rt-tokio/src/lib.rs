@@ -4,8 +4,9 @@
 //! [`PeerBuilder`]; [`Peer::bind`] / [`Peer::listen`] serve them and
 //! [`Peer::dial`] connects out. Either way you get a [`Session`] handle to
 //! pull and push on, and handlers get one in their context to push or pull
-//! back. The protocol work is done by `teleport-core`; this crate moves
-//! bytes, arms one timer per session and runs handlers.
+//! back. The protocol work is done by `teleport-core` and the
+//! runtime-independent peer by `teleport-peer`; this crate moves bytes,
+//! arms one timer per session and runs handlers.
 //!
 //! ```no_run
 //! use teleport_core::Rerror;
@@ -16,7 +17,7 @@
 //! server.pull("/hello", |_ctx: PullCtx, name: String| async move {
 //!     Ok::<_, Rerror>(format!("hello, {name}"))
 //! });
-//! let server = server.build()?;
+//! let server = Peer::from_builder(server)?;
 //! let addr = server.bind().await?;
 //!
 //! let client = Peer::new(PeerConfig::default())?;
@@ -31,17 +32,14 @@
 //! fails with `Unsupported`.
 #![warn(missing_docs)]
 
-mod config;
 mod conn;
-mod handler;
 mod net;
 mod peer;
-mod session;
 
-pub use config::{Network, PeerConfig};
-pub use handler::{BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied};
-pub use net::PeerAddr;
-pub use peer::{Controller, Group, Peer, PeerBuilder, ShutdownReport};
-pub use session::{Call, Reply, Session};
+pub use peer::Peer;
+pub use teleport_peer::{
+    BoxFuture, Call, Controller, Group, Handler, IntoReply, Network, PeerAddr, PeerBuilder,
+    PeerConfig, PullCtx, PushCtx, Replied, Reply, Session, ShutdownReport,
+};
 
 pub use teleport_core as core;

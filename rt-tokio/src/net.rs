@@ -1,7 +1,6 @@
 //! Sockets: TCP and Unix streams behind one small trait, listeners, and
 //! socket options (socket2).
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
@@ -9,26 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 #[cfg(unix)]
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::config::{Network, PeerConfig};
-
-/// The address of one end of a connection.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PeerAddr {
-    /// A TCP address.
-    Tcp(SocketAddr),
-    /// A Unix socket path (empty for an unnamed client socket).
-    Unix(String),
-}
-
-impl fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PeerAddr::Tcp(a) => a.fmt(f),
-            PeerAddr::Unix(p) if p.is_empty() => f.write_str("unix:(unnamed)"),
-            PeerAddr::Unix(p) => write!(f, "unix:{p}"),
-        }
-    }
-}
+use teleport_peer::{Network, PeerAddr, PeerConfig};
 
 /// A connected stream of either kind.
 pub(crate) enum Stream {

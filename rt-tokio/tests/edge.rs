@@ -17,7 +17,7 @@ use common::{guard, test_logs};
 
 async fn serve(b: PeerBuilder) -> (Peer, String) {
     test_logs();
-    let server = b.build().expect("server builds");
+    let server = Peer::from_builder(b).expect("server builds");
     let PeerAddr::Tcp(addr) = server.bind().await.expect("bind") else {
         panic!("tcp address expected")
     };
@@ -339,7 +339,7 @@ async fn server_handler_pulls_back_the_client() {
     cb.pull("/client/answer", |_ctx: PullCtx, q: String| async move {
         Ok::<_, Rerror>(format!("{q}!"))
     });
-    let client = cb.build().unwrap();
+    let client = Peer::from_builder(cb).unwrap();
     let s = guard("dial", client.dial(&addr)).await.unwrap();
     let r = guard("ask", s.pull::<_, String>("/ask", "hi")).await;
     assert_eq!(r.expect("ask").value, "client said hi!");
@@ -360,7 +360,7 @@ async fn unix_listener_replaces_a_stale_socket_file() {
         ..PeerConfig::default()
     });
     echo(&mut b);
-    let server = b.build().unwrap();
+    let server = Peer::from_builder(b).unwrap();
     server.bind().await.expect("bind over a stale socket file");
     let client = Peer::new(PeerConfig {
         network: teleport_tokio::Network::Unix,

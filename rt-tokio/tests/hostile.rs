@@ -38,7 +38,7 @@ async fn server(idle: Duration) -> (Peer, String) {
     b.pull("/echo", |_ctx: PullCtx, s: String| async move {
         Ok::<_, Rerror>(s)
     });
-    let server = b.build().unwrap();
+    let server = Peer::from_builder(b).unwrap();
     let PeerAddr::Tcp(addr) = server.bind().await.unwrap() else {
         panic!("tcp address expected")
     };

@@ -126,7 +126,7 @@ fn server(cfg: PeerConfig, pushes: Pushes) -> Peer {
             .await?;
         Ok::<_, Rerror>("pushed".to_string())
     });
-    b.build().expect("server builds")
+    Peer::from_builder(b).expect("server builds")
 }
 
 /// A client whose push handler forwards to `pushes`.
@@ -138,7 +138,7 @@ fn client(cfg: PeerConfig, pushes: Pushes) -> Peer {
             let _ = tx.send((ctx.path().into_owned(), s));
         }
     });
-    b.build().expect("client builds")
+    Peer::from_builder(b).expect("client builds")
 }
 
 /// A server and a connected client session over `t`.
@@ -553,7 +553,7 @@ async fn redial_after_server_restart_on_the_same_port() {
             b.pull("/ping", |_ctx: PullCtx, s: String| async move {
                 Ok::<_, Rerror>(format!("pong {s}"))
             });
-            b.build().unwrap()
+            Peer::from_builder(b).unwrap()
         }
     };
     let server1 = make_server("127.0.0.1:0".into())();
@@ -637,7 +637,7 @@ async fn graceful_shutdown_under_load_answers_every_accepted_pull() {
             }
         });
     }
-    let server = b.build().unwrap();
+    let server = Peer::from_builder(b).unwrap();
     let addr = dial_addr(&server.bind().await.unwrap());
 
     let client = Peer::new(PeerConfig::default()).unwrap();
@@ -821,7 +821,7 @@ read_buffer_size: 65536
     assert!(serde_yaml_ng::from_str::<PeerConfig>("network: carrier-pigeon").is_err());
 
     // A loaded config builds a peer; an unknown codec name does not.
-    assert!(PeerBuilder::new(toml_cfg).build().is_ok());
+    assert!(Peer::from_builder(PeerBuilder::new(toml_cfg)).is_ok());
     let bad: PeerConfig = toml::from_str(r#"default_body_codec = "xml""#).unwrap();
-    assert!(PeerBuilder::new(bad).build().is_err());
+    assert!(Peer::from_builder(PeerBuilder::new(bad)).is_err());
 }

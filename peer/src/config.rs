@@ -27,7 +27,7 @@ pub enum Network {
 /// config. Durations are written like `"5s"` or `"150ms"`.
 ///
 /// ```
-/// let cfg: teleport_tokio::PeerConfig = toml::from_str(r#"
+/// let cfg: teleport_peer::PeerConfig = toml::from_str(r#"
 ///     listen_address = "127.0.0.1:9090"
 ///     default_pull_timeout = "5s"
 ///     slow_call_threshold = "200ms"

@@ -10,22 +10,38 @@ use teleport_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::addr::PeerAddr;
 use crate::handler::Handler;
-use crate::net::PeerAddr;
+
+/// Called after a command is queued, for an owner that waits on something
+/// other than the channel (a poll loop's waker).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 /// What a handle asks of the connection task that owns the session.
-pub(crate) enum Command {
+#[derive(Debug)]
+pub enum Command {
+    /// Send a pull; the reply goes to `tx`.
     Pull {
+        #[allow(missing_docs)]
         packet: Packet,
+        #[allow(missing_docs)]
         timeout: Option<Duration>,
+        #[allow(missing_docs)]
         tx: oneshot::Sender<Result<Packet, Rerror>>,
     },
+    /// Send a push; whether it was queued goes to `tx`.
     Push {
+        #[allow(missing_docs)]
         packet: Packet,
+        #[allow(missing_docs)]
         tx: oneshot::Sender<Result<(), Rerror>>,
     },
+    /// Close gracefully by `deadline` (default: the close timeout);
+    /// `done` fires when the session has ended.
     Close {
+        #[allow(missing_docs)]
         deadline: Option<Instant>,
+        #[allow(missing_docs)]
         done: Option<oneshot::Sender<()>>,
     },
 }
@@ -36,6 +52,7 @@ pub(crate) struct SessionInner {
     pub(crate) remote: PeerAddr,
     pub(crate) local: PeerAddr,
     pub(crate) shared: Arc<Shared<Handler>>,
+    pub(crate) wake: Option<Wake>,
 }
 
 /// A handle to one session: cheap to clone, `Send + Sync`. Pulls from many
@@ -96,7 +113,8 @@ impl Session {
         &self.0.local
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared<Handler>> {
+    /// Routes, plugins, codecs and settings of this session's peer.
+    pub fn shared(&self) -> &Arc<Shared<Handler>> {
         &self.0.shared
     }
 
@@ -135,8 +153,6 @@ impl Session {
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self
-            .0
-            .cmd
             .send(Command::Close {
                 deadline: None,
                 done: Some(tx),
@@ -145,6 +161,15 @@ impl Session {
         {
             let _ = rx.await;
         }
+    }
+
+    /// Starts a graceful close that must be over by `deadline`, without
+    /// waiting for it.
+    pub fn close_by(&self, deadline: Instant) {
+        let _ = self.send(Command::Close {
+            deadline: Some(deadline),
+            done: None,
+        });
     }
 
     /// Whether the session's connection task has ended for good.
@@ -156,14 +181,18 @@ impl Session {
         self.0
             .cmd
             .send(cmd)
-            .map_err(|_| Rerror::conn_closed().with_detail("session is closed"))
+            .map_err(|_| Rerror::conn_closed().with_detail("session is closed"))?;
+        if let Some(wake) = &self.0.wake {
+            wake();
+        }
+        Ok(())
     }
 }
 
 /// Options of one call, then [`Call::pull`] or [`Call::push`].
 ///
 /// ```no_run
-/// # async fn f(s: teleport_tokio::Session) -> Result<(), teleport_core::Rerror> {
+/// # async fn f(s: teleport_peer::Session) -> Result<(), teleport_core::Rerror> {
 /// use std::time::Duration;
 /// let reply = s
 ///     .call("/home/test?peer_id=110")

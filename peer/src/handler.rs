@@ -9,7 +9,7 @@ use teleport_core::{
     CodecId, CodecRegistry, DecodeBody, EncodeBody, Meta, Packet, Rerror, Seq, Uri, XferPipe,
 };
 
-use crate::net::PeerAddr;
+use crate::addr::PeerAddr;
 use crate::session::Session;
 
 /// A boxed, sendable future.
@@ -200,7 +200,7 @@ impl<T: EncodeBody> IntoReply for Replied<T> {
 /// Wraps a typed pull handler: decodes the argument, runs it, encodes the
 /// result. An argument that does not decode is answered with a 400 and
 /// the handler does not run (Go closes the connection, D-BODY-KILLS-CONN).
-pub(crate) fn pull_handler<F, Fut, A, R>(f: F) -> Handler
+pub fn pull_handler<F, Fut, A, R>(f: F) -> Handler
 where
     F: Fn(PullCtx, A) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, Rerror>> + Send + 'static,
@@ -221,7 +221,7 @@ where
 
 /// Wraps a typed push handler. An argument that does not decode is logged
 /// and dropped.
-pub(crate) fn push_handler<F, Fut, A>(f: F) -> Handler
+pub fn push_handler<F, Fut, A>(f: F) -> Handler
 where
     F: Fn(PushCtx, A) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,

@@ -1,0 +1,33 @@
+//! Connection end addresses.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// The address of one end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PeerAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket path (empty for an unnamed client socket).
+    Unix(String),
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => a.fmt(f),
+            PeerAddr::Unix(p) if p.is_empty() => f.write_str("unix:(unnamed)"),
+            PeerAddr::Unix(p) => write!(f, "unix:{p}"),
+        }
+    }
+}
+
+impl PeerAddr {
+    /// The form [`dial`](crate::PeerCore) takes: `host:port` or the path.
+    pub fn dial_string(&self) -> String {
+        match self {
+            PeerAddr::Tcp(a) => a.to_string(),
+            PeerAddr::Unix(p) => p.clone(),
+        }
+    }
+}

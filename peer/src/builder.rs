@@ -1,0 +1,247 @@
+//! Building a peer: routes, controllers, plugins, codecs, filters.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use teleport_core::router::to_snake_case;
+use teleport_core::{
+    Codec, CodecRegistry, DecodeBody, Plugin, Plugins, Rerror, Router, Shared, XferFilter,
+    XferRegistry,
+};
+
+use crate::config::PeerConfig;
+use crate::handler::{pull_handler, push_handler, Handler, IntoReply, PullCtx, PushCtx};
+use crate::registry::PeerCore;
+
+/// Builds a peer: routes, plugins, codecs and filters are fixed before
+/// the first session starts.
+///
+/// ```
+/// use teleport_peer::{PeerBuilder, PeerConfig, PullCtx};
+/// use teleport_core::Rerror;
+///
+/// struct Math;
+/// impl Math {
+///     async fn add(self: std::sync::Arc<Self>, _ctx: PullCtx, arg: Vec<i64>) -> Result<i64, Rerror> {
+///         Ok(arg.iter().sum())
+///     }
+/// }
+///
+/// let mut b = PeerBuilder::new(PeerConfig::default());
+/// b.pull("/echo", |_ctx: PullCtx, s: String| async move { Ok::<_, Rerror>(s) });
+/// b.controller(Math).pull("add", Math::add); // serves /math/add
+/// let core = b.build().unwrap(); // a runtime adapter turns this into a peer
+/// # drop(core);
+/// ```
+pub struct PeerBuilder {
+    config: PeerConfig,
+    router: Router<Handler>,
+    plugins: Plugins,
+    codecs: CodecRegistry,
+    xfers: XferRegistry,
+}
+
+impl PeerBuilder {
+    /// A builder with these settings and the built-in codecs and filters.
+    pub fn new(config: PeerConfig) -> Self {
+        PeerBuilder {
+            config,
+            router: Router::new(),
+            plugins: Plugins::new(),
+            codecs: CodecRegistry::default(),
+            xfers: XferRegistry::default(),
+        }
+    }
+
+    /// Serves pulls to `path` with `f(ctx, arg) -> Result<reply, Rerror>`.
+    /// `arg` is decoded with the pull's codec; the reply value is encoded
+    /// with it too (see [`IntoReply`]).
+    pub fn pull<F, Fut, A, R>(&mut self, path: &str, f: F) -> &mut Self
+    where
+        F: Fn(PullCtx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, Rerror>> + Send + 'static,
+        A: DecodeBody + Send + 'static,
+        R: IntoReply + 'static,
+    {
+        self.router.pull(path, pull_handler(f));
+        self
+    }
+
+    /// Takes pushes to `path` with `f(ctx, arg)`.
+    pub fn push<F, Fut, A>(&mut self, path: &str, f: F) -> &mut Self
+    where
+        F: Fn(PushCtx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+        A: DecodeBody + Send + 'static,
+    {
+        self.router.push(path, push_handler(f));
+        self
+    }
+
+    /// Answers pulls to paths with no route (else they get 404).
+    pub fn unknown_pull<F, Fut, A, R>(&mut self, f: F) -> &mut Self
+    where
+        F: Fn(PullCtx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, Rerror>> + Send + 'static,
+        A: DecodeBody + Send + 'static,
+        R: IntoReply + 'static,
+    {
+        self.router.set_unknown_pull(pull_handler(f));
+        self
+    }
+
+    /// Takes pushes to paths with no route (else they are dropped).
+    pub fn unknown_push<F, Fut, A>(&mut self, f: F) -> &mut Self
+    where
+        F: Fn(PushCtx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+        A: DecodeBody + Send + 'static,
+    {
+        self.router.set_unknown_push(push_handler(f));
+        self
+    }
+
+    /// Routes under a prefix (`"/v1"`).
+    pub fn group(&mut self, prefix: &str) -> Group<'_> {
+        Group {
+            builder: self,
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// A controller: `value`'s methods become routes
+    /// `/<snake(type name)>/<method>`, as Go names them.
+    pub fn controller<C: Send + Sync + 'static>(&mut self, value: C) -> Controller<'_, C> {
+        let prefix = format!("/{}", to_snake_case(std::any::type_name::<C>()));
+        Controller {
+            builder: self,
+            prefix,
+            value: Arc::new(value),
+        }
+    }
+
+    /// Adds a plugin (they run in the order added).
+    pub fn plugin(&mut self, plugin: impl Plugin) -> &mut Self {
+        self.plugins.add(Arc::new(plugin));
+        self
+    }
+
+    /// Adds (or replaces) a body codec.
+    pub fn codec(&mut self, codec: impl Codec) -> &mut Self {
+        self.codecs.register(Arc::new(codec));
+        self
+    }
+
+    /// Adds (or replaces) a transfer filter.
+    pub fn xfer_filter(&mut self, filter: impl XferFilter) -> &mut Self {
+        self.xfers.register(Arc::new(filter));
+        self
+    }
+
+    /// The runtime-independent peer a runtime adapter serves. Fails if
+    /// the config names an unknown default codec or a plugin refuses a
+    /// route.
+    pub fn build(self) -> io::Result<Arc<PeerCore>> {
+        let session_config = self.config.session_config(&self.codecs)?;
+        self.plugins
+            .after_register(&self.router)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let shared = Arc::new(Shared {
+            router: self.router,
+            plugins: self.plugins,
+            codecs: self.codecs,
+            xfers: Arc::new(self.xfers),
+            config: session_config,
+        });
+        Ok(Arc::new(PeerCore::new(self.config, shared)))
+    }
+}
+
+/// Routes under a common prefix.
+pub struct Group<'a> {
+    builder: &'a mut PeerBuilder,
+    prefix: String,
+}
+
+impl Group<'_> {
+    /// A pull route `prefix/<snake(name)>`.
+    pub fn pull<F, Fut, A, R>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        F: Fn(PullCtx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, Rerror>> + Send + 'static,
+        A: DecodeBody + Send + 'static,
+        R: IntoReply + 'static,
+    {
+        let path = format!("{}/{}", self.prefix, to_snake_case(name));
+        self.builder.router.pull(&path, pull_handler(f));
+        self
+    }
+
+    /// A push route `prefix/<snake(name)>`.
+    pub fn push<F, Fut, A>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        F: Fn(PushCtx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+        A: DecodeBody + Send + 'static,
+    {
+        let path = format!("{}/{}", self.prefix, to_snake_case(name));
+        self.builder.router.push(&path, push_handler(f));
+        self
+    }
+
+    /// A controller in this group: `prefix/<snake(type)>/<method>`.
+    pub fn controller<C: Send + Sync + 'static>(&mut self, value: C) -> Controller<'_, C> {
+        let prefix = format!(
+            "{}/{}",
+            self.prefix,
+            to_snake_case(std::any::type_name::<C>())
+        );
+        Controller {
+            builder: self.builder,
+            prefix,
+            value: Arc::new(value),
+        }
+    }
+}
+
+/// A controller's routes: each method takes `Arc<Self>`, the context and
+/// the argument.
+pub struct Controller<'a, C> {
+    builder: &'a mut PeerBuilder,
+    prefix: String,
+    value: Arc<C>,
+}
+
+impl<C: Send + Sync + 'static> Controller<'_, C> {
+    /// The pull route `prefix/<snake(name)>` served by `method`.
+    pub fn pull<F, Fut, A, R>(&mut self, name: &str, method: F) -> &mut Self
+    where
+        F: Fn(Arc<C>, PullCtx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, Rerror>> + Send + 'static,
+        A: DecodeBody + Send + 'static,
+        R: IntoReply + 'static,
+    {
+        let c = self.value.clone();
+        let path = format!("{}/{}", self.prefix, to_snake_case(name));
+        self.builder
+            .router
+            .pull(&path, pull_handler(move |ctx, a| method(c.clone(), ctx, a)));
+        self
+    }
+
+    /// The push route `prefix/<snake(name)>` served by `method`.
+    pub fn push<F, Fut, A>(&mut self, name: &str, method: F) -> &mut Self
+    where
+        F: Fn(Arc<C>, PushCtx, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+        A: DecodeBody + Send + 'static,
+    {
+        let c = self.value.clone();
+        let path = format!("{}/{}", self.prefix, to_snake_case(name));
+        self.builder
+            .router
+            .push(&path, push_handler(move |ctx, a| method(c.clone(), ctx, a)));
+        self
+    }
+}

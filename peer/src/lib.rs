@@ -1,0 +1,31 @@
+//! `teleport-peer`: the half of a teleport peer that does not depend on a
+//! runtime, shared by every adapter (`teleport-tokio`, `teleport-async-std`,
+//! `teleport-mio`) so none of them writes it again.
+//!
+//! - [`PeerConfig`]: settings, loadable from TOML or YAML.
+//! - [`PeerBuilder`]: routes, controllers, plugins, codecs and filters.
+//! - [`Handler`], [`PullCtx`], [`PushCtx`], [`IntoReply`]: handlers.
+//! - [`Session`], [`Call`], [`Reply`]: the handle user code pulls and
+//!   pushes through; it talks to the connection's owner by message, with
+//!   channels that work on any executor.
+//! - [`Driver`]: what a connection's owner does besides waiting.
+//! - [`PeerCore`]: the session registry and graceful shutdown.
+#![warn(missing_docs)]
+
+mod addr;
+mod builder;
+mod config;
+mod driver;
+mod handler;
+mod registry;
+mod session;
+
+pub use addr::PeerAddr;
+pub use builder::{Controller, Group, PeerBuilder};
+pub use config::{Network, PeerConfig};
+pub use driver::{finish_handler, panicked, refuse, CoreSession, Done, Driver, Token, BUDGET};
+pub use handler::{
+    pull_handler, push_handler, BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied,
+};
+pub use registry::{Abort, PeerCore, ShutdownReport};
+pub use session::{Call, Command, Reply, Session, Wake};

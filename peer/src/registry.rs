@@ -1,0 +1,196 @@
+//! The peer's shared state: settings, routes, and the registry of its
+//! sessions, with what a graceful shutdown needs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use teleport_core::Shared;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::addr::PeerAddr;
+use crate::config::PeerConfig;
+use crate::handler::Handler;
+use crate::session::{Command, Session, SessionInner, Wake};
+
+/// Ids are unique in the process, so logs of two peers in one program do
+/// not mix up their sessions.
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Stops a session's task when a shutdown times out.
+pub type Abort = Box<dyn Fn() + Send + Sync>;
+
+struct Entry {
+    session: Session,
+    abort: Abort,
+}
+
+/// What [`PeerCore::cancel_remaining`] and an adapter's shutdown report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShutdownReport {
+    /// Sessions open when shutdown began.
+    pub sessions: usize,
+    /// Sessions still running at the timeout, cancelled.
+    pub cancelled: usize,
+}
+
+/// A peer without a runtime: what every adapter's `Peer` wraps.
+pub struct PeerCore {
+    config: PeerConfig,
+    shared: Arc<Shared<Handler>>,
+    sessions: Mutex<HashMap<u64, Entry>>,
+    shutting_down: AtomicBool,
+    shutdown_deadline: Mutex<Option<Instant>>,
+    shutdown: watch::Sender<bool>,
+    gone: Notify,
+}
+
+impl std::fmt::Debug for PeerCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCore")
+            .field("sessions", &self.lock().len())
+            .field("shutting_down", &self.is_shutting_down())
+            .finish()
+    }
+}
+
+impl PeerCore {
+    pub(crate) fn new(config: PeerConfig, shared: Arc<Shared<Handler>>) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        PeerCore {
+            config,
+            shared,
+            sessions: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            shutdown_deadline: Mutex::new(None),
+            shutdown,
+            gone: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PeerConfig {
+        &self.config
+    }
+
+    /// Routes, plugins, codecs and session settings.
+    pub fn shared(&self) -> &Arc<Shared<Handler>> {
+        &self.shared
+    }
+
+    /// A new session handle and the receiving end of its commands. `wake`
+    /// is called after each command is queued (a poll loop's waker).
+    pub fn new_session(
+        &self,
+        remote: PeerAddr,
+        local: PeerAddr,
+        wake: Option<Wake>,
+    ) -> (Session, mpsc::UnboundedReceiver<Command>) {
+        let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = Session(Arc::new(SessionInner {
+            id,
+            cmd: tx,
+            remote,
+            local,
+            shared: self.shared.clone(),
+            wake,
+        }));
+        (session, rx)
+    }
+
+    /// Registers a session; `start` starts its task and returns how to
+    /// abort it. The registry is locked meanwhile, so the task cannot
+    /// forget itself before it is registered.
+    pub fn register(&self, session: &Session, start: impl FnOnce() -> Abort) {
+        let mut sessions = self.lock();
+        let abort = start();
+        sessions.insert(
+            session.id(),
+            Entry {
+                session: session.clone(),
+                abort,
+            },
+        );
+    }
+
+    /// Removes a finished session.
+    pub fn forget(&self, id: u64) {
+        self.lock().remove(&id);
+        self.gone.notify_waiters();
+    }
+
+    /// A handle to every open session.
+    pub fn sessions(&self) -> Vec<Session> {
+        self.lock().values().map(|e| e.session.clone()).collect()
+    }
+
+    /// The open session with this id.
+    pub fn session(&self, id: u64) -> Option<Session> {
+        self.lock().get(&id).map(|e| e.session.clone())
+    }
+
+    /// Whether [`PeerCore::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The deadline of the shutdown in progress.
+    pub fn shutdown_deadline(&self) -> Option<Instant> {
+        *self
+            .shutdown_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fires when shutdown begins (for accept loops).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Stops accepting and dialing and asks every session to close by
+    /// `deadline`; returns how many sessions there were.
+    pub fn begin_shutdown(&self, deadline: Instant) -> usize {
+        *self
+            .shutdown_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(deadline);
+        self.shutting_down.store(true, Ordering::Release);
+        self.shutdown.send_replace(true);
+        let sessions = self.sessions();
+        for s in &sessions {
+            s.close_by(deadline);
+        }
+        sessions.len()
+    }
+
+    /// Resolves once every session has ended.
+    pub async fn all_gone(&self) {
+        loop {
+            let gone = self.gone.notified();
+            if self.lock().is_empty() {
+                return;
+            }
+            gone.await;
+        }
+    }
+
+    /// Aborts every session still running; returns how many.
+    pub fn cancel_remaining(&self) -> usize {
+        let left: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
+        for e in &left {
+            tracing::warn!(
+                session = e.session.id(),
+                "session still running at shutdown timeout; cancelled"
+            );
+            (e.abort)();
+        }
+        self.gone.notify_waiters();
+        left.len()
+    }
+}

@@ -8,6 +8,9 @@
 //! | feature | module | runtime |
 //! |---|---|---|
 //! | `tokio` (default) | [`tokio`] | tokio |
+//! | `async-std` | `async_std` | async-std (sockets and timers on async-io) |
+//! | `smol` | `smol` | smol (the same adapter as `async-std`) |
+//! | `mio` | [`mio`] | none: a blocking `mio::Poll` loop |
 //!
 //! ```no_run
 //! use teleport::tokio::{Peer, PeerBuilder, PeerConfig, PullCtx};
@@ -30,4 +33,25 @@ pub use teleport_core::*;
 #[cfg(feature = "tokio")]
 pub mod tokio {
     pub use teleport_tokio::*;
+}
+
+/// Peers on async-std (feature `async-std`): sockets and timers on
+/// async-io, tasks on async-std's global executor.
+#[cfg(feature = "async-std")]
+pub mod async_std {
+    pub use teleport_async_std::async_std::*;
+}
+
+/// Peers on smol (feature `smol`): the `async_std` module's adapter, with
+/// tasks on smol's global executor.
+#[cfg(feature = "smol")]
+pub mod smol {
+    pub use teleport_async_std::smol::*;
+}
+
+/// Blocking peers on a mio poll loop, without an async runtime (feature
+/// `mio`).
+#[cfg(feature = "mio")]
+pub mod mio {
+    pub use teleport_mio::*;
 }

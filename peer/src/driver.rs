@@ -15,7 +15,7 @@ use futures_util::FutureExt;
 use teleport_core::{CloseReason, Event, Packet, Rerror, Role, Seq, State};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::handler::{BoxFuture, Handler, PullCtx, PushCtx};
+use crate::handler::{BoxFuture, Handler, PullCtx, PullFn, PushCtx, PushFn};
 use crate::registry::PeerCore;
 use crate::session::{Command, Session};
 
@@ -145,6 +145,26 @@ impl Driver {
         now: Instant,
         spawn: &mut dyn FnMut(BoxFuture<Done>),
     ) -> Option<CloseReason> {
+        self.drain(core, |core, call| self.run_inline(core, call, now, spawn))
+    }
+
+    /// [`Driver::drain_events`] for an adapter that runs handlers away from
+    /// the connection's owner (mio's worker threads): each handler call is
+    /// handed to `run` unstarted; the owner later gets its [`Done`] back
+    /// and calls [`finish_handler`].
+    pub fn drain_events_deferred(
+        &self,
+        core: &mut CoreSession,
+        run: &mut dyn FnMut(HandlerCall),
+    ) -> Option<CloseReason> {
+        self.drain(core, |_, call| run(call))
+    }
+
+    fn drain(
+        &self,
+        core: &mut CoreSession,
+        mut on_call: impl FnMut(&mut CoreSession, HandlerCall),
+    ) -> Option<CloseReason> {
         let mut closed = None;
         while let Some(ev) = core.poll_event() {
             match ev {
@@ -152,7 +172,11 @@ impl Driver {
                     let _ = token.send(result);
                 }
                 Event::Closed(reason) => closed = Some(reason),
-                ev => self.start_handler(core, ev, now, spawn),
+                ev => {
+                    if let Some(call) = self.handler_call(ev) {
+                        on_call(core, call);
+                    }
+                }
             }
         }
         closed
@@ -169,67 +193,69 @@ impl Driver {
         now: Instant,
         spawn: &mut dyn FnMut(BoxFuture<Done>),
     ) {
-        let (seq, mut fut): (Option<Seq>, BoxFuture<Done>) = match ev {
+        if let Some(call) = self.handler_call(ev) {
+            self.run_inline(core, call, now, spawn);
+        }
+    }
+
+    fn run_inline(
+        &self,
+        core: &mut CoreSession,
+        call: HandlerCall,
+        now: Instant,
+        spawn: &mut dyn FnMut(BoxFuture<Done>),
+    ) {
+        let mut fut = call.start();
+        let waker = futures_util::task::noop_waker_ref();
+        match fut.as_mut().poll(&mut Context::from_waker(waker)) {
+            Poll::Ready(done) => finish_handler(core, done, now),
+            // Whoever runs it next polls it with a real waker.
+            Poll::Pending => spawn(fut),
+        }
+    }
+
+    /// The handler call an incoming pull or push asks for, not started
+    /// yet (`None` for other events).
+    pub fn handler_call(&self, ev: Event<Handler, Token>) -> Option<HandlerCall> {
+        let session = self.session.id();
+        match ev {
             Event::Pull(p) => {
                 let seq = p.seq;
-                let Handler::Pull(f) = p.handler else {
-                    let _ = core.reply(
-                        now,
+                let kind = match p.handler {
+                    Handler::Pull(f) => CallKind::Pull(
                         seq,
-                        Err(Rerror::internal("push handler routed as pull")),
-                    );
-                    return;
+                        f,
+                        PullCtx {
+                            session: self.session.clone(),
+                            packet: p.packet,
+                            reply_codec: p.reply_codec,
+                        },
+                    ),
+                    Handler::Push(_) => {
+                        CallKind::Refused(Rerror::internal("push handler routed as pull"))
+                    }
                 };
-                let ctx = PullCtx {
-                    session: self.session.clone(),
-                    packet: p.packet,
-                    reply_codec: p.reply_codec,
-                };
-                let made = std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx)));
-                let fut: BoxFuture<Done> = match made {
-                    Ok(fut) => Box::pin(fut.map(move |r| Some((seq, r)))),
-                    Err(panic) => Box::pin(std::future::ready(Some((seq, Err(panicked(&*panic)))))),
-                };
-                (Some(seq), fut)
+                Some(HandlerCall {
+                    seq: Some(seq),
+                    session,
+                    kind,
+                })
             }
             Event::Push(p) => {
                 let Handler::Push(f) = p.handler else {
-                    return;
+                    return None;
                 };
                 let ctx = PushCtx {
                     session: self.session.clone(),
                     packet: p.packet,
                 };
-                match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
-                    Ok(fut) => (None, Box::pin(fut.map(|()| None))),
-                    Err(panic) => {
-                        tracing::error!(session = self.session.id(), error = %panicked(&*panic), "push handler panicked");
-                        return;
-                    }
-                }
+                Some(HandlerCall {
+                    seq: None,
+                    session,
+                    kind: CallKind::Push(f, ctx),
+                })
             }
-            _ => return,
-        };
-        let waker = futures_util::task::noop_waker_ref();
-        let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            fut.as_mut().poll(&mut Context::from_waker(waker))
-        }));
-        match first {
-            Ok(Poll::Ready(done)) => finish_handler(core, done, now),
-            // Whoever runs it next polls it with a real waker.
-            Ok(Poll::Pending) => spawn(Box::pin(async move {
-                match AssertUnwindSafe(fut).catch_unwind().await {
-                    Ok(done) => done,
-                    Err(panic) => seq.map(|s| (s, Err(panicked(&*panic)))),
-                }
-            })),
-            Err(panic) => {
-                let msg = panicked(&*panic);
-                tracing::error!(session = self.session.id(), error = %msg, "handler panicked");
-                if let Some(s) = seq {
-                    finish_handler(core, Some((s, Err(msg))), now);
-                }
-            }
+            _ => None,
         }
     }
 
@@ -259,8 +285,8 @@ impl Driver {
         &mut self,
         addr: &str,
         backlog: &mut Vec<Command>,
-        connect: C,
-        sleep: impl Fn(Duration) -> SF,
+        connect: &C,
+        sleep: &impl Fn(Duration) -> SF,
     ) -> Option<S>
     where
         C: Fn(String) -> CF,
@@ -297,6 +323,34 @@ impl Driver {
         }
     }
 
+    /// Runs the session over `first`, then, as configured, over each
+    /// re-dialed connection, until it is closed for good; then
+    /// [`Driver::finish`]. `conn` runs one connection to its end; `connect`
+    /// and `sleep` are the runtime's, for re-dialing.
+    pub async fn run<S, C, CF, SF>(
+        mut self,
+        first: S,
+        mut conn: impl AsyncFnMut(&mut Driver, S, &mut Vec<Command>) -> CloseReason,
+        connect: C,
+        sleep: impl Fn(Duration) -> SF,
+    ) where
+        C: Fn(String) -> CF,
+        CF: Future<Output = std::io::Result<S>>,
+        SF: Future<Output = ()>,
+    {
+        let mut next = Some(first);
+        let mut backlog = Vec::new();
+        while let Some(stream) = next.take() {
+            let reason = conn(&mut self, stream, &mut backlog).await;
+            if let Some(addr) = self.redial_target(&reason) {
+                next = self
+                    .redial_when_used(&addr, &mut backlog, &connect, &sleep)
+                    .await;
+            }
+        }
+        self.finish();
+    }
+
     /// The session is over for good: queued commands fail, the registry
     /// forgets it, and `close()` callers return.
     pub fn finish(mut self) {
@@ -310,6 +364,88 @@ impl Driver {
             let _ = w.send(());
         }
     }
+}
+
+/// A routed pull or push whose handler has not been called yet: an
+/// adapter calls [`HandlerCall::start`] where it runs handlers (inline, a
+/// task, a worker thread).
+pub struct HandlerCall {
+    seq: Option<Seq>,
+    session: u64,
+    kind: CallKind,
+}
+
+enum CallKind {
+    Pull(Seq, Arc<PullFn>, PullCtx),
+    Push(Arc<PushFn>, PushCtx),
+    Refused(Rerror),
+}
+
+impl std::fmt::Debug for HandlerCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerCall")
+            .field("seq", &self.seq)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HandlerCall {
+    /// The seq of the pull to answer; `None` for a push.
+    pub fn seq(&self) -> Option<Seq> {
+        self.seq
+    }
+
+    /// The id of the session the call came on.
+    pub fn session_id(&self) -> u64 {
+        self.session
+    }
+
+    /// Calls the handler. A panic, in the call or in any poll of the
+    /// future it returns, is caught: a pull's becomes a 500 reply, a
+    /// push's is logged. So the future never panics.
+    pub fn start(self) -> BoxFuture<Done> {
+        let HandlerCall { seq, session, kind } = self;
+        match kind {
+            CallKind::Refused(e) => Box::pin(std::future::ready(seq.map(|s| (s, Err(e))))),
+            CallKind::Pull(seq, f, ctx) => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
+                    Ok(fut) => Box::pin(
+                        AssertUnwindSafe(fut.map(move |r| Some((seq, r))))
+                            .catch_unwind()
+                            .map(move |r| {
+                                r.unwrap_or_else(|panic| Some((seq, Err(logged(session, &*panic)))))
+                            }),
+                    ),
+                    Err(panic) => Box::pin(std::future::ready(Some((
+                        seq,
+                        Err(logged(session, &*panic)),
+                    )))),
+                }
+            }
+            CallKind::Push(f, ctx) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
+                Ok(fut) => Box::pin(AssertUnwindSafe(fut.map(|()| None)).catch_unwind().map(
+                    move |r| {
+                        r.unwrap_or_else(|panic| {
+                            logged(session, &*panic);
+                            None
+                        })
+                    },
+                )),
+                Err(panic) => {
+                    logged(session, &*panic);
+                    Box::pin(std::future::ready(None))
+                }
+            },
+        }
+    }
+}
+
+/// [`panicked`], logged.
+fn logged(session: u64, panic: &(dyn std::any::Any + Send)) -> Rerror {
+    let e = panicked(panic);
+    tracing::error!(session, error = %e, "handler panicked");
+    e
 }
 
 /// Sends a finished handler's reply (a push has none).

@@ -15,8 +15,8 @@ use crate::session::Session;
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-type PullFn = dyn Fn(PullCtx) -> BoxFuture<Result<Packet, Rerror>> + Send + Sync;
-type PushFn = dyn Fn(PushCtx) -> BoxFuture<()> + Send + Sync;
+pub(crate) type PullFn = dyn Fn(PullCtx) -> BoxFuture<Result<Packet, Rerror>> + Send + Sync;
+pub(crate) type PushFn = dyn Fn(PushCtx) -> BoxFuture<()> + Send + Sync;
 
 /// A routed handler, as the router stores it.
 #[derive(Clone)]

@@ -10,6 +10,7 @@
 //!   channels that work on any executor.
 //! - [`Driver`]: what a connection's owner does besides waiting.
 //! - [`PeerCore`]: the session registry and graceful shutdown.
+//! - [`net`]: socket details that are the same on every runtime.
 #![warn(missing_docs)]
 
 mod addr;
@@ -17,13 +18,16 @@ mod builder;
 mod config;
 mod driver;
 mod handler;
+pub mod net;
 mod registry;
 mod session;
 
 pub use addr::PeerAddr;
 pub use builder::{Controller, Group, PeerBuilder};
 pub use config::{Network, PeerConfig};
-pub use driver::{finish_handler, panicked, refuse, CoreSession, Done, Driver, Token, BUDGET};
+pub use driver::{
+    finish_handler, panicked, refuse, CoreSession, Done, Driver, HandlerCall, Token, BUDGET,
+};
 pub use handler::{
     pull_handler, push_handler, BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied,
 };

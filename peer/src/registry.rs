@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use teleport_core::Shared;
+use teleport_core::{Rerror, Role, Shared};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
+use crate::driver::Driver;
 use crate::handler::Handler;
 use crate::session::{Command, Session, SessionInner, Wake};
 
@@ -117,6 +118,37 @@ impl PeerCore {
                 abort,
             },
         );
+    }
+
+    /// A session for a new connection: its handle and its [`Driver`],
+    /// registered with the peer. `start` gets the driver, starts what runs
+    /// it, and returns how to abort that.
+    pub fn start_session(
+        self: &Arc<Self>,
+        remote: PeerAddr,
+        local: PeerAddr,
+        role: Role,
+        dial_addr: Option<String>,
+        wake: Option<Wake>,
+        start: impl FnOnce(Driver) -> Abort,
+    ) -> Session {
+        let (session, rx) = self.new_session(remote, local, wake);
+        let driver = Driver::new(session.clone(), rx, self.clone(), role, dial_addr);
+        self.register(&session, || start(driver));
+        session
+    }
+
+    /// Refuses a dial while shutting down (105 `Dial Failed`).
+    pub fn check_dial(&self) -> Result<(), Rerror> {
+        if self.is_shutting_down() {
+            return Err(Rerror::dial_failed("peer is shutting down"));
+        }
+        Ok(())
+    }
+
+    /// The error a failed connect to `addr` becomes (105 `Dial Failed`).
+    pub fn dial_error(addr: &str, e: std::io::Error) -> Rerror {
+        Rerror::dial_failed(format!("{addr}: {e}"))
     }
 
     /// Removes a finished session.

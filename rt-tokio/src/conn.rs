@@ -32,37 +32,31 @@ thread_local! {
 
 /// Runs the session over `stream`, re-dialing as configured, until it is
 /// closed for good.
-pub(crate) async fn run(mut driver: Driver, stream: Stream) {
-    let mut stream = Some(stream);
-    let mut backlog = Vec::new();
-    while let Some(s) = stream.take() {
-        let reason = match s {
-            Stream::Tcp(mut t) => {
-                let (r, w) = t.split();
-                run_conn(&mut driver, r, w, &mut backlog).await
-            }
-            #[cfg(unix)]
-            Stream::Unix(mut u) => {
-                let (r, w) = u.split();
-                run_conn(&mut driver, r, w, &mut backlog).await
-            }
-        };
-        if let Some(addr) = driver.redial_target(&reason) {
-            let cfg = driver.peer().config().clone();
-            stream = driver
-                .redial_when_used(
-                    &addr,
-                    &mut backlog,
-                    |a| {
-                        let cfg = cfg.clone();
-                        async move { crate::net::connect(&cfg, &a).await.map(|(s, _, _)| s) }
-                    },
-                    tokio::time::sleep,
-                )
-                .await;
-        }
-    }
-    driver.finish();
+pub(crate) async fn run(driver: Driver, stream: Stream) {
+    let cfg = driver.peer().config().clone();
+    driver
+        .run(
+            stream,
+            async |driver: &mut Driver, s: Stream, backlog: &mut Vec<teleport_peer::Command>| {
+                match s {
+                    Stream::Tcp(mut t) => {
+                        let (r, w) = t.split();
+                        run_conn(driver, r, w, backlog).await
+                    }
+                    #[cfg(unix)]
+                    Stream::Unix(mut u) => {
+                        let (r, w) = u.split();
+                        run_conn(driver, r, w, backlog).await
+                    }
+                }
+            },
+            |a| {
+                let cfg = cfg.clone();
+                async move { crate::net::connect(&cfg, &a).await.map(|(s, _, _)| s) }
+            },
+            tokio::time::sleep,
+        )
+        .await;
 }
 
 async fn run_conn<R, W>(

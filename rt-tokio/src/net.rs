@@ -1,14 +1,15 @@
-//! Sockets: TCP and Unix streams behind one small trait, listeners, and
-//! socket options (socket2).
+//! Sockets: TCP and Unix streams and listeners on tokio. What is the same
+//! on every runtime (address families, socket options, stale unix socket
+//! files) is `teleport_peer::net`'s.
 
 use std::io;
 use std::net::SocketAddr;
 
+use teleport_peer::net::{clear_stale_unix_socket, fit_family, tune_socket, unsupported_network};
+use teleport_peer::{Network, PeerAddr, PeerConfig};
 use tokio::net::{TcpListener, TcpStream};
 #[cfg(unix)]
 use tokio::net::{UnixListener, UnixStream};
-
-use teleport_peer::{Network, PeerAddr, PeerConfig};
 
 /// A connected stream of either kind.
 pub(crate) enum Stream {
@@ -17,57 +18,12 @@ pub(crate) enum Stream {
     Unix(UnixStream),
 }
 
-fn unsupported(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!("network {what} is not supported"),
-    )
-}
-
-fn set_buffers(sock: socket2::SockRef<'_>, cfg: &PeerConfig) -> io::Result<()> {
-    if let Some(n) = cfg.read_buffer_size {
-        sock.set_recv_buffer_size(n)?;
-    }
-    if let Some(n) = cfg.write_buffer_size {
-        sock.set_send_buffer_size(n)?;
-    }
-    Ok(())
-}
-
-fn tune_tcp(s: &TcpStream, cfg: &PeerConfig) -> io::Result<()> {
-    s.set_nodelay(true)?;
-    set_buffers(socket2::SockRef::from(s), cfg)
-}
-
-fn check_family(network: Network, addr: &SocketAddr) -> io::Result<()> {
-    match (network, addr) {
-        (Network::Tcp4, SocketAddr::V6(_)) | (Network::Tcp6, SocketAddr::V4(_)) => {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{addr} is not {network:?}"),
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
 async fn resolve(network: Network, addr: &str) -> io::Result<Vec<SocketAddr>> {
-    let all: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
-    let fit: Vec<SocketAddr> = all
-        .into_iter()
-        .filter(|a| check_family(network, a).is_ok())
-        .collect();
-    if fit.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::AddrNotAvailable,
-            format!("{addr} has no {network:?} address"),
-        ));
-    }
-    Ok(fit)
+    fit_family(network, addr, tokio::net::lookup_host(addr).await?)
 }
 
-/// Dials `addr` on the configured network; returns the stream and both ends'
-/// addresses.
+/// Dials `addr` on the configured network; returns the stream and both
+/// ends' addresses.
 pub(crate) async fn connect(
     cfg: &PeerConfig,
     addr: &str,
@@ -78,7 +34,7 @@ pub(crate) async fn connect(
             for a in resolve(cfg.network, addr).await? {
                 match TcpStream::connect(a).await {
                     Ok(s) => {
-                        tune_tcp(&s, cfg)?;
+                        tune_socket((&s).into(), cfg, true)?;
                         let local = PeerAddr::Tcp(s.local_addr()?);
                         return Ok((Stream::Tcp(s), PeerAddr::Tcp(a), local));
                     }
@@ -90,14 +46,14 @@ pub(crate) async fn connect(
         #[cfg(unix)]
         Network::Unix => {
             let s = UnixStream::connect(addr).await?;
-            set_buffers(socket2::SockRef::from(&s), cfg)?;
+            tune_socket((&s).into(), cfg, false)?;
             Ok((
                 Stream::Unix(s),
                 PeerAddr::Unix(addr.into()),
                 PeerAddr::Unix(String::new()),
             ))
         }
-        other => Err(unsupported(&format!("{other:?}"))),
+        other => Err(unsupported_network(other)),
     }
 }
 
@@ -118,23 +74,10 @@ impl Listener {
             #[cfg(unix)]
             Network::Unix => {
                 let path = cfg.listen_address.clone();
-                // A socket file left by a previous run would make bind fail;
-                // one a live server still answers on is not ours to take.
-                let is_socket = std::fs::metadata(&path)
-                    .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                    .unwrap_or(false);
-                if is_socket {
-                    if UnixStream::connect(&path).await.is_ok() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::AddrInUse,
-                            format!("{path}: a server is listening there"),
-                        ));
-                    }
-                    std::fs::remove_file(&path)?;
-                }
+                clear_stale_unix_socket(&path)?;
                 Ok(Listener::Unix(UnixListener::bind(&path)?, path))
             }
-            other => Err(unsupported(&format!("{other:?}"))),
+            other => Err(unsupported_network(other)),
         }
     }
 
@@ -153,14 +96,14 @@ impl Listener {
         match self {
             Listener::Tcp(l) => {
                 let (s, remote) = l.accept().await?;
-                tune_tcp(&s, cfg)?;
+                tune_socket((&s).into(), cfg, true)?;
                 let local = PeerAddr::Tcp(s.local_addr()?);
                 Ok((Stream::Tcp(s), PeerAddr::Tcp(remote), local))
             }
             #[cfg(unix)]
             Listener::Unix(l, path) => {
                 let (s, _) = l.accept().await?;
-                set_buffers(socket2::SockRef::from(&s), cfg)?;
+                tune_socket((&s).into(), cfg, false)?;
                 Ok((
                     Stream::Unix(s),
                     PeerAddr::Unix(String::new()),

@@ -43,25 +43,20 @@ impl Peer {
         role: Role,
         dial_addr: Option<String>,
     ) -> Session {
-        let (session, rx) = self.0.new_session(remote, local, None);
-        let driver =
-            teleport_peer::Driver::new(session.clone(), rx, self.0.clone(), role, dial_addr);
-        self.0.register(&session, || {
-            let task = tokio::spawn(crate::conn::run(driver, stream)).abort_handle();
-            Box::new(move || task.abort())
-        });
-        session
+        self.0
+            .start_session(remote, local, role, dial_addr, None, |driver| {
+                let task = tokio::spawn(crate::conn::run(driver, stream)).abort_handle();
+                Box::new(move || task.abort())
+            })
     }
 
     /// Dials `addr` (`host:port`, or a path for unix) and starts a session.
     /// Refused (105 `Dial Failed`) while shutting down or if the dial fails.
     pub async fn dial(&self, addr: &str) -> Result<Session, Rerror> {
-        if self.0.is_shutting_down() {
-            return Err(Rerror::dial_failed("peer is shutting down"));
-        }
+        self.0.check_dial()?;
         let (stream, remote, local) = crate::net::connect(self.config(), addr)
             .await
-            .map_err(|e| Rerror::dial_failed(format!("{addr}: {e}")))?;
+            .map_err(|e| PeerCore::dial_error(addr, e))?;
         Ok(self.start(stream, remote, local, Role::Dialer, Some(addr.to_string())))
     }
 

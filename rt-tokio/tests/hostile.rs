@@ -60,7 +60,8 @@ async fn well_behaved(addr: &str) -> (watch::Sender<bool>, JoinHandle<(usize, Ve
         let mut ok = 1;
         let mut failed = Vec::new();
         let mut i = 0u64;
-        while !*stop_rx.borrow() {
+        // At least 20 pulls, however fast the hostile side is cut off.
+        while !*stop_rx.borrow() || i < 20 {
             i += 1;
             let arg = format!("pull {i}");
             match session.pull::<_, String>("/echo", &arg).await {

@@ -1,0 +1,944 @@
+//! The poll loop: one thread owns every session of a peer, its listeners
+//! and one [`mio::Waker`]. Nothing else touches a session's core, so the
+//! hot path takes no lock but the inbox's, once per wakeup.
+//!
+//! Each turn it waits on the earliest of: a socket readable, a socket
+//! writable while its output is pending, a message in the inbox (commands
+//! from session handles, finished handlers, dialed connections), or the
+//! earliest deadline of all sessions. Then it feeds the cores and drains
+//! each touched session's events and transmits, with a budget per turn.
+//! Everything else is the shared [`Driver`]'s.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use mio::{Events, Interest, Poll, Registry, Token};
+use slab::Slab;
+use teleport_core::{CloseReason, Rerror, Role};
+use teleport_peer::{
+    finish_handler, refuse, Abort, BoxFuture, Command, CoreSession, Done, Driver, PeerConfig,
+    PeerCore, Session, Wake,
+};
+
+use crate::exec::{self, Home, Pool, Task};
+use crate::net::{self, Connected, Listener, Stream};
+
+const WAKER: Token = Token(usize::MAX);
+/// Listener tokens start here; connections use the slab keys below.
+const LISTENER_BASE: usize = usize::MAX / 2;
+/// Reads (of [`READ_CHUNK`]) per connection per turn, so one fast sender
+/// cannot starve the others.
+const READ_BUDGET: usize = 16;
+const READ_CHUNK: usize = 64 << 10;
+/// Connections accepted per listener per turn.
+const ACCEPT_BUDGET: usize = 128;
+/// How long a closing session may take to flush its last bytes.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// Wait after an accept error (out of descriptors, say): do not spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// What other threads ask of the loop.
+pub(crate) enum Msg {
+    /// A dialed connection, already registered with the peer.
+    Open(Box<Pending>),
+    /// A session's new connection after a re-dial, with the command that
+    /// triggered it.
+    Redialed(Box<Pending>, Vec<Command>),
+    /// Serve a bound listener.
+    Listen(Listener),
+    /// Drop a session at once (shutdown timed out).
+    Abort(u64),
+    /// A handler finished on a worker.
+    Done {
+        conn: usize,
+        session: u64,
+        task: usize,
+        done: Done,
+    },
+    /// A handler future run by the loop (inline mode) was woken.
+    Poll(Arc<Task>),
+    /// Shutdown began: stop accepting.
+    ShutdownBegun,
+    /// The peer was dropped: end every session and the loop.
+    Stop,
+}
+
+/// A connection on its way to the loop.
+pub(crate) struct Pending {
+    driver: Driver,
+    stream: Stream,
+    slot: Arc<Slot>,
+}
+
+impl Pending {
+    /// The session ends without ever running (its loop is gone).
+    pub(crate) fn finish(self) {
+        self.driver.finish();
+    }
+}
+
+/// What a session's [`Wake`] hook needs: its id, and whether it is
+/// already on the ready list (so a burst of commands wakes the loop once).
+#[derive(Default)]
+pub(crate) struct Slot {
+    id: AtomicU64,
+    queued: AtomicBool,
+}
+
+#[derive(Default)]
+struct Inbox {
+    msgs: Vec<Msg>,
+    /// Sessions with commands waiting.
+    ready: Vec<u64>,
+    closed: bool,
+}
+
+/// The loop's side that other threads hold.
+pub(crate) struct LoopShared {
+    inbox: Mutex<Inbox>,
+    /// A wake is on its way and the inbox will be read: no need for
+    /// another `Waker::wake` (a syscall).
+    notified: AtomicBool,
+    waker: mio::Waker,
+}
+
+impl LoopShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.waker.wake() {
+                tracing::error!(error = %e, "could not wake the poll loop");
+            }
+        }
+    }
+
+    /// Hands `msg` to the loop; gives it back if the loop has ended.
+    // Rarely an error; boxing every message to make it smaller would cost
+    // an allocation per finished handler.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn post(&self, msg: Msg) -> Result<(), Msg> {
+        {
+            let mut inbox = self.lock();
+            if inbox.closed {
+                return Err(msg);
+            }
+            inbox.msgs.push(msg);
+        }
+        self.notify();
+        Ok(())
+    }
+
+    fn ready(&self, id: u64) {
+        {
+            let mut inbox = self.lock();
+            if inbox.closed {
+                return;
+            }
+            inbox.ready.push(id);
+        }
+        self.notify();
+    }
+}
+
+/// The hook a session handle calls after queueing a command.
+fn wake_hook(shared: &Arc<LoopShared>, slot: Arc<Slot>) -> Wake {
+    let shared = Arc::downgrade(shared);
+    Arc::new(move || {
+        if !slot.queued.swap(true, Ordering::AcqRel) {
+            if let Some(shared) = shared.upgrade() {
+                shared.ready(slot.id.load(Ordering::Acquire));
+            }
+        }
+    })
+}
+
+/// How [`PeerCore::cancel_remaining`] stops one of the loop's sessions.
+fn abort_hook(shared: &Arc<LoopShared>, id: u64) -> Abort {
+    let shared = Arc::downgrade(shared);
+    Box::new(move || {
+        if let Some(shared) = shared.upgrade() {
+            let _ = shared.post(Msg::Abort(id));
+        }
+    })
+}
+
+/// A session for a new connection: its handle, registered with the peer,
+/// and what the loop needs to run it.
+pub(crate) fn new_session(
+    peer: &Arc<PeerCore>,
+    shared: &Arc<LoopShared>,
+    c: Connected,
+    role: Role,
+    dial_addr: Option<String>,
+    start: impl FnOnce(Box<Pending>),
+) -> Session {
+    let slot = Arc::new(Slot::default());
+    let wake = Some(wake_hook(shared, slot.clone()));
+    peer.start_session(c.remote, c.local, role, dial_addr, wake, |driver| {
+        let id = driver.session().id();
+        slot.id.store(id, Ordering::Release);
+        start(Box::new(Pending {
+            driver,
+            stream: c.stream,
+            slot,
+        }));
+        abort_hook(shared, id)
+    })
+}
+
+struct Conn {
+    stream: Stream,
+    core: CoreSession,
+    driver: Driver,
+    slot: Arc<Slot>,
+    /// Bytes to write, many frames batched.
+    wbuf: BytesMut,
+    /// Readiness not yet drained to `WouldBlock` (edge-triggered).
+    readable: bool,
+    writable: bool,
+    /// `WRITABLE` is registered (only while output is pending).
+    write_interest: bool,
+    /// Commands may be waiting.
+    cmds: bool,
+    /// The armed deadline is due.
+    due: bool,
+    /// On this turn's service list.
+    touched: bool,
+    /// The deadline in the timer set.
+    armed: Option<Instant>,
+    /// Handlers running for this session.
+    tasks: Slab<Arc<Task>>,
+    /// The session ended: flushing its last bytes until the instant.
+    closing: Option<(CloseReason, Instant)>,
+}
+
+/// A dialed session whose connection broke, waiting for its next use to
+/// re-dial.
+struct Broken {
+    driver: Driver,
+    slot: Arc<Slot>,
+    addr: String,
+}
+
+struct Listening {
+    listener: Listener,
+    ready: bool,
+    retry_at: Option<Instant>,
+}
+
+pub(crate) struct EventLoop {
+    poll: Poll,
+    events: Events,
+    shared: Arc<LoopShared>,
+    peer: Arc<PeerCore>,
+    /// `None`: handlers run on the loop (inline mode).
+    pool: Option<Arc<Pool>>,
+    conns: Slab<Conn>,
+    ids: HashMap<u64, usize>,
+    broken: HashMap<u64, Broken>,
+    listeners: Slab<Listening>,
+    /// (deadline, connection): the earliest is the poll timeout.
+    timers: BTreeSet<(Instant, usize)>,
+    touched: Vec<usize>,
+    /// Connections with work left after their budget, for the next turn.
+    again: Vec<usize>,
+    /// Inline mode: handler futures still pending after their first poll.
+    spawned: Vec<BoxFuture<Done>>,
+    rbuf: Vec<u8>,
+    msgs: Vec<Msg>,
+    ready: Vec<u64>,
+    stop: bool,
+}
+
+/// Marks `key` for service this turn.
+fn touch(conns: &mut Slab<Conn>, touched: &mut Vec<usize>, key: usize) {
+    if let Some(c) = conns.get_mut(key) {
+        if !c.touched {
+            c.touched = true;
+            touched.push(key);
+        }
+    }
+}
+
+/// Asks for `WRITABLE` only while output is pending; `false` if the
+/// registration failed (the core then has the error to close with).
+fn set_write_interest(registry: &Registry, c: &mut Conn, key: usize, on: bool) -> bool {
+    if c.write_interest == on {
+        return true;
+    }
+    let interest = if on {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    };
+    match registry.reregister(&mut c.stream, Token(key), interest) {
+        Ok(()) => {
+            c.write_interest = on;
+            true
+        }
+        Err(e) => {
+            c.core.handle_io_error(Instant::now(), &e);
+            false
+        }
+    }
+}
+
+fn rearm(timers: &mut BTreeSet<(Instant, usize)>, c: &mut Conn, key: usize, at: Option<Instant>) {
+    if c.armed != at {
+        if let Some(old) = c.armed {
+            timers.remove(&(old, key));
+        }
+        if let Some(new) = at {
+            timers.insert((new, key));
+        }
+        c.armed = at;
+    }
+}
+
+impl EventLoop {
+    /// Starts the loop of `peer` on a thread of its own, with `workers`
+    /// handler threads (0: handlers run on the loop).
+    pub(crate) fn start(
+        peer: Arc<PeerCore>,
+        workers: usize,
+    ) -> io::Result<(Arc<LoopShared>, thread::JoinHandle<()>)> {
+        let poll = Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        let shared = Arc::new(LoopShared {
+            inbox: Mutex::new(Inbox::default()),
+            notified: AtomicBool::new(false),
+            waker,
+        });
+        let pool = match workers {
+            0 => None,
+            n => Some(Pool::start(n, &shared)?),
+        };
+        let lp = EventLoop {
+            poll,
+            events: Events::with_capacity(1024),
+            shared: shared.clone(),
+            peer,
+            pool,
+            conns: Slab::new(),
+            ids: HashMap::new(),
+            broken: HashMap::new(),
+            listeners: Slab::new(),
+            timers: BTreeSet::new(),
+            touched: Vec::new(),
+            again: Vec::new(),
+            spawned: Vec::new(),
+            rbuf: vec![0; READ_CHUNK],
+            msgs: Vec::new(),
+            ready: Vec::new(),
+            stop: false,
+        };
+        let thread = thread::Builder::new()
+            .name("teleport-mio-loop".into())
+            .spawn(move || lp.run())?;
+        Ok((shared, thread))
+    }
+
+    fn run(mut self) {
+        exec::set_on_loop(Arc::as_ptr(self.peer.shared()) as usize);
+        while !self.stop {
+            let timeout = self.timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "poll failed; the peer's loop stops");
+                break;
+            }
+            let now = Instant::now();
+            self.readiness();
+            if self.shared.notified.swap(false, Ordering::AcqRel) {
+                self.read_inbox(now);
+            }
+            if self.peer.is_shutting_down() {
+                self.close_listeners();
+            }
+            self.accept(now);
+            self.expire(now);
+            for key in std::mem::take(&mut self.again) {
+                touch(&mut self.conns, &mut self.touched, key);
+            }
+            let mut touched = std::mem::take(&mut self.touched);
+            for key in touched.drain(..) {
+                self.service(key, now);
+            }
+            self.touched = touched;
+        }
+        self.teardown();
+    }
+
+    /// How long to wait: until the earliest deadline, or not at all while
+    /// work is left over.
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.again.is_empty()
+            || self
+                .listeners
+                .iter()
+                .any(|(_, l)| l.ready && l.retry_at.is_none())
+        {
+            return Some(Duration::ZERO);
+        }
+        let mut at = self.timers.first().map(|(d, _)| *d);
+        for (_, l) in &self.listeners {
+            if let Some(r) = l.retry_at {
+                at = Some(at.map_or(r, |a| a.min(r)));
+            }
+        }
+        at.map(|d| d.saturating_duration_since(now))
+    }
+
+    fn readiness(&mut self) {
+        let EventLoop {
+            events,
+            conns,
+            listeners,
+            touched,
+            ..
+        } = self;
+        for ev in events.iter() {
+            let t = ev.token().0;
+            if t == WAKER.0 {
+                continue;
+            }
+            if t >= LISTENER_BASE {
+                if let Some(l) = listeners.get_mut(t - LISTENER_BASE) {
+                    l.ready = true;
+                }
+                continue;
+            }
+            if let Some(c) = conns.get_mut(t) {
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    c.readable = true;
+                }
+                if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                    c.writable = true;
+                }
+                touch(conns, touched, t);
+            }
+        }
+    }
+
+    fn read_inbox(&mut self, now: Instant) {
+        {
+            let mut inbox = self.shared.lock();
+            std::mem::swap(&mut inbox.msgs, &mut self.msgs);
+            std::mem::swap(&mut inbox.ready, &mut self.ready);
+        }
+        let mut msgs = std::mem::take(&mut self.msgs);
+        for msg in msgs.drain(..) {
+            match msg {
+                Msg::Open(p) => self.insert(*p, Vec::new(), now),
+                Msg::Redialed(p, backlog) => self.insert(*p, backlog, now),
+                Msg::Listen(l) => self.add_listener(l),
+                Msg::Abort(id) => self.abort(id),
+                Msg::Done {
+                    conn,
+                    session,
+                    task,
+                    done,
+                } => {
+                    if let Some(c) = self.conns.get_mut(conn) {
+                        if c.driver.session().id() == session && c.tasks.try_remove(task).is_some()
+                        {
+                            finish_handler(&mut c.core, done, now);
+                            touch(&mut self.conns, &mut self.touched, conn);
+                        }
+                    }
+                }
+                Msg::Poll(task) => {
+                    if let Some(c) = self.conns.get_mut(task.conn) {
+                        if c.driver.session().id() == task.session && c.tasks.contains(task.key) {
+                            if let Some(done) = task.run() {
+                                c.tasks.remove(task.key);
+                                finish_handler(&mut c.core, done, now);
+                                touch(&mut self.conns, &mut self.touched, task.conn);
+                            }
+                        }
+                    }
+                }
+                Msg::ShutdownBegun => self.close_listeners(),
+                Msg::Stop => self.stop = true,
+            }
+        }
+        self.msgs = msgs;
+        let mut ready = std::mem::take(&mut self.ready);
+        for id in ready.drain(..) {
+            if let Some(&key) = self.ids.get(&id) {
+                self.conns[key].cmds = true;
+                touch(&mut self.conns, &mut self.touched, key);
+            } else if let Some(b) = self.broken.remove(&id) {
+                b.slot.queued.store(false, Ordering::Release);
+                self.spawn_redial(b);
+            }
+        }
+        self.ready = ready;
+    }
+
+    /// Takes a connection into the loop and opens its core session.
+    fn insert(&mut self, p: Pending, mut backlog: Vec<Command>, now: Instant) {
+        let Pending {
+            mut driver,
+            mut stream,
+            slot,
+        } = p;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE)
+        {
+            tracing::error!(session = driver.session().id(), error = %e, "could not register the connection");
+            for cmd in backlog.drain(..) {
+                refuse(cmd, Rerror::conn_closed().with_detail(e.to_string()));
+            }
+            driver.finish();
+            return;
+        }
+        slot.queued.store(false, Ordering::Release);
+        let core = driver.open(now, &mut backlog);
+        let id = driver.session().id();
+        entry.insert(Conn {
+            stream,
+            core,
+            driver,
+            slot,
+            wbuf: BytesMut::new(),
+            readable: true,
+            writable: true,
+            write_interest: false,
+            cmds: true,
+            due: false,
+            touched: false,
+            armed: None,
+            tasks: Slab::new(),
+            closing: None,
+        });
+        self.ids.insert(id, key);
+        touch(&mut self.conns, &mut self.touched, key);
+    }
+
+    fn add_listener(&mut self, mut listener: Listener) {
+        if self.peer.is_shutting_down() {
+            tracing::info!("listener closed");
+            return;
+        }
+        let entry = self.listeners.vacant_entry();
+        let token = Token(LISTENER_BASE + entry.key());
+        match self
+            .poll
+            .registry()
+            .register(&mut listener, token, Interest::READABLE)
+        {
+            Ok(()) => {
+                entry.insert(Listening {
+                    listener,
+                    ready: true,
+                    retry_at: None,
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "could not register the listener"),
+        }
+    }
+
+    fn close_listeners(&mut self) {
+        for mut l in self.listeners.drain() {
+            let _ = self.poll.registry().deregister(&mut l.listener);
+            tracing::info!("listener closed");
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        let mut accepted = Vec::new();
+        let cfg = self.peer.config();
+        for (_, l) in self.listeners.iter_mut() {
+            if !l.ready || l.retry_at.is_some_and(|r| r > now) {
+                continue;
+            }
+            l.retry_at = None;
+            for _ in 0..ACCEPT_BUDGET {
+                match l.listener.accept(cfg) {
+                    Ok(c) => accepted.push(c),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        l.ready = false;
+                        break;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                        ) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        l.retry_at = Some(now + ACCEPT_RETRY);
+                        break;
+                    }
+                }
+            }
+        }
+        for c in accepted {
+            let mut pending = None;
+            new_session(&self.peer, &self.shared, c, Role::Acceptor, None, |p| {
+                pending = Some(p)
+            });
+            if let Some(p) = pending {
+                self.insert(*p, Vec::new(), now);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(c) = self.conns.get_mut(key) {
+                c.armed = None;
+                c.due = true;
+                touch(&mut self.conns, &mut self.touched, key);
+            }
+        }
+    }
+
+    /// Feeds one connection's core with what is waiting (commands, the
+    /// timer, input) and writes what it produced, until nothing moves or
+    /// the budget is spent.
+    fn service(&mut self, key: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        c.touched = false;
+        if c.closing.is_some() || self.drive(key, now) {
+            self.flush_closing(key, now);
+        }
+    }
+
+    /// [`EventLoop::service`] of an open session; whether it closed.
+    fn drive(&mut self, key: usize, now: Instant) -> bool {
+        let EventLoop {
+            poll,
+            shared,
+            pool,
+            conns,
+            timers,
+            again,
+            spawned,
+            rbuf,
+            ..
+        } = self;
+        let c = &mut conns[key];
+        let id = c.driver.session().id();
+        if c.due {
+            c.due = false;
+            c.core.handle_timeout(now);
+        }
+        if c.cmds {
+            c.cmds = false;
+            c.slot.queued.store(false, Ordering::Release);
+            c.driver.take_commands(&mut c.core, now);
+            if !c.driver.commands().is_empty() {
+                c.cmds = true;
+                again.push(key);
+            }
+        }
+        let mut reads = 0;
+        loop {
+            let mut progress = false;
+            let closed = match pool {
+                Some(pool) => c.driver.drain_events_deferred(&mut c.core, &mut |call| {
+                    let entry = c.tasks.vacant_entry();
+                    let home = Home::Pool(Arc::downgrade(pool));
+                    let task = Task::unstarted(call, key, id, entry.key(), home);
+                    entry.insert(task.clone());
+                    pool.submit(task);
+                }),
+                None => c
+                    .driver
+                    .drain_events(&mut c.core, now, &mut |fut| spawned.push(fut)),
+            };
+            // Inline mode: a handler that waited on its first poll becomes a
+            // task of the loop, polled again with a real waker.
+            for fut in spawned.drain(..) {
+                let entry = c.tasks.vacant_entry();
+                let home = Home::Loop(Arc::downgrade(shared));
+                let task = Task::running(fut, key, id, entry.key(), home);
+                entry.insert(task.clone());
+                if let Some(done) = task.run() {
+                    c.tasks.remove(task.key);
+                    finish_handler(&mut c.core, done, now);
+                    progress = true;
+                }
+            }
+            if c.wbuf.is_empty() {
+                c.core.poll_transmit(&mut c.wbuf);
+            }
+            if let Some(reason) = closed {
+                c.core.poll_transmit(&mut c.wbuf);
+                c.closing = Some((reason, now + FINAL_FLUSH));
+                return true;
+            }
+            while c.writable && !c.wbuf.is_empty() {
+                match c.stream.write(&c.wbuf) {
+                    Ok(0) => {
+                        c.core
+                            .handle_io_error(now, &io::Error::from(io::ErrorKind::WriteZero));
+                        progress = true;
+                        break;
+                    }
+                    Ok(n) => c.wbuf.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        c.core.handle_io_error(now, &e);
+                        progress = true;
+                        break;
+                    }
+                }
+            }
+            if c.wbuf.is_empty() && c.writable && c.core.queued_bytes() > 0 {
+                progress = true;
+            }
+            if c.readable && c.core.wants_input() {
+                if reads == READ_BUDGET {
+                    again.push(key);
+                } else {
+                    reads += 1;
+                    match c.stream.read(rbuf) {
+                        Ok(0) => {
+                            c.readable = false;
+                            c.core.handle_eof(now);
+                            progress = true;
+                        }
+                        Ok(n) => {
+                            c.core.handle_input(now, &rbuf[..n]);
+                            progress = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                        Err(e) => {
+                            c.core.handle_io_error(now, &e);
+                            progress = true;
+                        }
+                    }
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        if !set_write_interest(poll.registry(), c, key, !c.wbuf.is_empty()) {
+            again.push(key);
+        }
+        let at = c.core.poll_timeout();
+        rearm(timers, c, key, at);
+        false
+    }
+
+    /// Writes what a closed session has left, then lets it go.
+    fn flush_closing(&mut self, key: usize, now: Instant) {
+        let c = &mut self.conns[key];
+        let Some((_, until)) = c.closing else { return };
+        let mut failed = false;
+        while c.writable && !c.wbuf.is_empty() {
+            match c.stream.write(&c.wbuf) {
+                Ok(0) => failed = true,
+                Ok(n) => c.wbuf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => failed = true,
+            }
+            if failed {
+                break;
+            }
+        }
+        if c.wbuf.is_empty() || failed || now >= until {
+            if !c.wbuf.is_empty() {
+                tracing::debug!(
+                    session = c.driver.session().id(),
+                    "could not flush the last bytes"
+                );
+            }
+            self.finalize(key);
+            return;
+        }
+        if !c.write_interest {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if self
+                .poll
+                .registry()
+                .reregister(&mut c.stream, Token(key), interest)
+                .is_err()
+            {
+                self.finalize(key);
+                return;
+            }
+            c.write_interest = true;
+        }
+        rearm(&mut self.timers, c, key, Some(until));
+    }
+
+    /// Takes a connection out of the loop: its socket, timer and running
+    /// handlers go.
+    fn remove(&mut self, key: usize) -> Conn {
+        let mut c = self.conns.remove(key);
+        self.ids.remove(&c.driver.session().id());
+        if let Some(at) = c.armed {
+            self.timers.remove(&(at, key));
+        }
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if !c.tasks.is_empty() {
+            tracing::warn!(
+                session = c.driver.session().id(),
+                handlers = c.tasks.len(),
+                "handlers still running at close are cancelled"
+            );
+            for t in c.tasks.drain() {
+                t.cancel();
+            }
+        }
+        c
+    }
+
+    /// The session's connection is over: re-dial later, or finish.
+    fn finalize(&mut self, key: usize) {
+        let mut c = self.remove(key);
+        c.stream.shutdown_write();
+        drop(c.stream);
+        let Some((reason, _)) = c.closing.take() else {
+            return;
+        };
+        let id = c.driver.session().id();
+        tracing::info!(session = id, ?reason, "session closed");
+        match c.driver.redial_target(&reason) {
+            Some(addr) => {
+                let mut b = Broken {
+                    driver: c.driver,
+                    slot: c.slot,
+                    addr,
+                };
+                if b.driver.commands().is_empty() {
+                    self.broken.insert(id, b);
+                } else {
+                    self.spawn_redial(b);
+                }
+            }
+            None => c.driver.finish(),
+        }
+    }
+
+    /// Drops a session at once, as a cancelled task would be.
+    fn abort(&mut self, id: u64) {
+        if let Some(&key) = self.ids.get(&id) {
+            drop(self.remove(key));
+        }
+        self.broken.remove(&id);
+    }
+
+    /// Re-dials on a thread of its own (connecting blocks, and backs off
+    /// between attempts), with the shared re-dial logic.
+    fn spawn_redial(&self, b: Broken) {
+        let shared = Arc::downgrade(&self.shared);
+        let cfg = self.peer.config().clone();
+        let id = b.driver.session().id();
+        let spawned = thread::Builder::new()
+            .name(format!("teleport-mio-redial-{id}"))
+            .spawn(move || redial(b, &cfg, &shared));
+        if let Err(e) = spawned {
+            tracing::error!(session = id, error = %e, "could not start a re-dial thread");
+        }
+    }
+
+    /// The loop ends: every session with it.
+    fn teardown(&mut self) {
+        let left = {
+            let mut inbox = self.shared.lock();
+            inbox.closed = true;
+            std::mem::take(&mut inbox.msgs)
+        };
+        for msg in left {
+            if let Msg::Open(p) | Msg::Redialed(p, _) = msg {
+                p.driver.finish();
+            }
+        }
+        self.close_listeners();
+        let now = Instant::now();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let mut c = self.remove(key);
+            if c.closing.is_none() {
+                c.core.handle_io_error(now, &"the peer was dropped");
+                let _ = c.driver.drain_events_deferred(&mut c.core, &mut |_| {});
+                tracing::info!(
+                    session = c.driver.session().id(),
+                    "session closed: peer dropped"
+                );
+            }
+            drop(c.stream);
+            c.driver.finish();
+        }
+        for (_, b) in self.broken.drain() {
+            b.driver.finish();
+        }
+        // Left: sessions on a re-dial thread, waiting for their next use.
+        // Closing them ends those threads.
+        for s in self.peer.sessions() {
+            s.close_by(now);
+        }
+        if let Some(pool) = self.pool.take() {
+            pool.close();
+        }
+    }
+}
+
+fn redial(b: Broken, cfg: &PeerConfig, shared: &Weak<LoopShared>) {
+    let Broken {
+        mut driver,
+        slot,
+        addr,
+    } = b;
+    let mut backlog = Vec::new();
+    let stream = exec::block_on(driver.redial_when_used(
+        &addr,
+        &mut backlog,
+        &|a| std::future::ready(net::connect(cfg, &a).map(|c| c.stream)),
+        &|wait| {
+            thread::sleep(wait);
+            std::future::ready(())
+        },
+    ));
+    let Some(stream) = stream else {
+        driver.finish();
+        return;
+    };
+    let msg = Msg::Redialed(
+        Box::new(Pending {
+            driver,
+            stream,
+            slot,
+        }),
+        backlog,
+    );
+    let undelivered = match shared.upgrade() {
+        Some(s) => s.post(msg).err(),
+        None => Some(msg),
+    };
+    if let Some(Msg::Redialed(p, backlog)) = undelivered {
+        for cmd in backlog {
+            refuse(cmd, Rerror::conn_closed().with_detail("peer dropped"));
+        }
+        p.driver.finish();
+    }
+}

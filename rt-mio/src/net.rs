@@ -1,0 +1,209 @@
+//! Sockets: TCP and Unix streams and listeners as mio sources. Connecting
+//! blocks the calling thread (never the poll loop's); the stream is then
+//! made non-blocking and handed to the loop.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+use teleport_peer::net::{clear_stale_unix_socket, fit_family, tune_socket, unsupported_network};
+use teleport_peer::{Network, PeerAddr, PeerConfig};
+
+/// Pending connections a listener queues (the kernel may cap it lower).
+const BACKLOG: i32 = 1024;
+
+/// A connected, non-blocking stream of either kind.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Tcp(mio::net::TcpStream),
+    #[cfg(unix)]
+    Unix(mio::net::UnixStream),
+}
+
+/// A stream and both ends' addresses.
+pub(crate) struct Connected {
+    pub(crate) stream: Stream,
+    pub(crate) remote: PeerAddr,
+    pub(crate) local: PeerAddr,
+}
+
+impl Stream {
+    pub(crate) fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+macro_rules! delegate_source {
+    ($t:ty, $($v:ident),+) => {
+        impl Source for $t {
+            fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+                match self { $(Self::$v(s, ..) => s.register(r, t, i),)+ }
+            }
+            fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+                match self { $(Self::$v(s, ..) => s.reregister(r, t, i),)+ }
+            }
+            fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+                match self { $(Self::$v(s, ..) => s.deregister(r),)+ }
+            }
+        }
+    };
+}
+
+#[cfg(unix)]
+delegate_source!(Stream, Tcp, Unix);
+#[cfg(not(unix))]
+delegate_source!(Stream, Tcp);
+
+fn resolve(network: Network, addr: &str) -> io::Result<Vec<SocketAddr>> {
+    fit_family(network, addr, addr.to_socket_addrs()?)
+}
+
+/// Dials `addr` on the configured network, blocking this thread.
+pub(crate) fn connect(cfg: &PeerConfig, addr: &str) -> io::Result<Connected> {
+    match cfg.network {
+        Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
+            let mut last = None;
+            for a in resolve(cfg.network, addr)? {
+                match std::net::TcpStream::connect(a) {
+                    Ok(s) => {
+                        tune_socket(socket2::SockRef::from(&s), cfg, true)?;
+                        s.set_nonblocking(true)?;
+                        let local = PeerAddr::Tcp(s.local_addr()?);
+                        return Ok(Connected {
+                            stream: Stream::Tcp(mio::net::TcpStream::from_std(s)),
+                            remote: PeerAddr::Tcp(a),
+                            local,
+                        });
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::other("no address to dial")))
+        }
+        #[cfg(unix)]
+        Network::Unix => {
+            let s = std::os::unix::net::UnixStream::connect(addr)?;
+            tune_socket(socket2::SockRef::from(&s), cfg, false)?;
+            s.set_nonblocking(true)?;
+            Ok(Connected {
+                stream: Stream::Unix(mio::net::UnixStream::from_std(s)),
+                remote: PeerAddr::Unix(addr.into()),
+                local: PeerAddr::Unix(String::new()),
+            })
+        }
+        other => Err(unsupported_network(other)),
+    }
+}
+
+/// A bound, non-blocking listener of either kind.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(mio::net::TcpListener),
+    #[cfg(unix)]
+    Unix(mio::net::UnixListener, String),
+}
+
+#[cfg(unix)]
+delegate_source!(Listener, Tcp, Unix);
+#[cfg(not(unix))]
+delegate_source!(Listener, Tcp);
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // A restarted server can take its port back at once (as tokio's and
+    // Go's listeners do).
+    #[cfg(unix)]
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(BACKLOG)?;
+    sock.set_nonblocking(true)?;
+    Ok(mio::net::TcpListener::from_std(sock.into()))
+}
+
+impl Listener {
+    /// Binds the configured listen address.
+    pub(crate) fn bind(cfg: &PeerConfig) -> io::Result<Listener> {
+        match cfg.network {
+            Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
+                let mut last = None;
+                for a in resolve(cfg.network, &cfg.listen_address)? {
+                    match bind_tcp(a) {
+                        Ok(l) => return Ok(Listener::Tcp(l)),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| io::Error::other("no address to bind")))
+            }
+            #[cfg(unix)]
+            Network::Unix => {
+                let path = cfg.listen_address.clone();
+                clear_stale_unix_socket(&path)?;
+                Ok(Listener::Unix(mio::net::UnixListener::bind(&path)?, path))
+            }
+            other => Err(unsupported_network(other)),
+        }
+    }
+
+    pub(crate) fn local_addr(&self) -> io::Result<PeerAddr> {
+        match self {
+            Listener::Tcp(l) => Ok(PeerAddr::Tcp(l.local_addr()?)),
+            #[cfg(unix)]
+            Listener::Unix(_, p) => Ok(PeerAddr::Unix(p.clone())),
+        }
+    }
+
+    /// Accepts one connection (`WouldBlock` when none is waiting).
+    pub(crate) fn accept(&self, cfg: &PeerConfig) -> io::Result<Connected> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, remote) = l.accept()?;
+                tune_socket(socket2::SockRef::from(&s), cfg, true)?;
+                let local = PeerAddr::Tcp(s.local_addr()?);
+                Ok(Connected {
+                    stream: Stream::Tcp(s),
+                    remote: PeerAddr::Tcp(remote),
+                    local,
+                })
+            }
+            #[cfg(unix)]
+            Listener::Unix(l, path) => {
+                let (s, _) = l.accept()?;
+                tune_socket(socket2::SockRef::from(&s), cfg, false)?;
+                Ok(Connected {
+                    stream: Stream::Unix(s),
+                    remote: PeerAddr::Unix(String::new()),
+                    local: PeerAddr::Unix(path.clone()),
+                })
+            }
+        }
+    }
+}

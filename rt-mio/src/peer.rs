@@ -1,0 +1,189 @@
+//! The blocking peer: a poll loop thread, and listen, dial, shut down.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use teleport_core::{Rerror, Role};
+use teleport_peer::{PeerAddr, PeerBuilder, PeerConfig, PeerCore, ShutdownReport};
+
+use crate::event_loop::{new_session, EventLoop, LoopShared, Msg};
+use crate::exec;
+use crate::net::Listener;
+use crate::session::Session;
+
+/// A teleport peer without an async runtime: a server, a client, or both
+/// at once. Its sessions live on one poll loop thread; its handlers run on
+/// worker threads (or on the loop: see [`Peer::with_workers`]).
+///
+/// Clones share the peer. When the last one is dropped the loop stops and
+/// every session ends with it (use [`Peer::shutdown`] to end them
+/// gracefully first).
+#[derive(Clone)]
+pub struct Peer(Arc<Inner>);
+
+struct Inner {
+    core: Arc<PeerCore>,
+    shared: Arc<LoopShared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    workers: usize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.shared.post(Msg::Stop);
+        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = t {
+            // Dropped by a handler on the loop itself: it ends on its own.
+            if t.thread().id() != thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("core", &self.0.core)
+            .field("workers", &self.0.workers)
+            .finish()
+    }
+}
+
+/// Handler threads a peer starts unless told otherwise: one per CPU.
+pub fn default_workers() -> usize {
+    thread::available_parallelism().map_or(4, |n| n.get())
+}
+
+impl Peer {
+    /// A peer with no routes (a pure client) and these settings.
+    pub fn new(config: PeerConfig) -> io::Result<Peer> {
+        Peer::from_builder(PeerBuilder::new(config))
+    }
+
+    /// The peer a builder describes, with [`default_workers`] handler
+    /// threads.
+    pub fn from_builder(builder: PeerBuilder) -> io::Result<Peer> {
+        Peer::with_workers(builder, default_workers())
+    }
+
+    /// The peer a builder describes, running handlers on `workers`
+    /// threads; `0` runs them on the poll loop itself. That is the fastest
+    /// for handlers that never block (no thread hop per call), but one that
+    /// blocks (sleeps, does blocking I/O, waits on a lock) stalls every
+    /// session of the peer, and one that makes a blocking call on its own
+    /// peer would wait forever (such a pull fails with a 500 instead).
+    pub fn with_workers(builder: PeerBuilder, workers: usize) -> io::Result<Peer> {
+        let core = builder.build()?;
+        let (shared, thread) = EventLoop::start(core.clone(), workers)?;
+        Ok(Peer(Arc::new(Inner {
+            core,
+            shared,
+            thread: Mutex::new(Some(thread)),
+            workers,
+        })))
+    }
+
+    /// The runtime-independent part (settings, routes, sessions).
+    pub fn core(&self) -> &Arc<PeerCore> {
+        &self.0.core
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PeerConfig {
+        self.0.core.config()
+    }
+
+    /// Handler threads (0: handlers run on the poll loop).
+    pub fn workers(&self) -> usize {
+        self.0.workers
+    }
+
+    /// Dials `addr` (`host:port`, or a path for unix) and starts a session;
+    /// blocks while connecting. Refused (105 `Dial Failed`) while shutting
+    /// down or if the dial fails.
+    pub fn dial(&self, addr: &str) -> Result<Session, Rerror> {
+        let core = &self.0.core;
+        core.check_dial()?;
+        let c =
+            crate::net::connect(core.config(), addr).map_err(|e| PeerCore::dial_error(addr, e))?;
+        let shared = &self.0.shared;
+        let session = new_session(core, shared, c, Role::Dialer, Some(addr.to_string()), |p| {
+            if let Err(Msg::Open(p)) = shared.post(Msg::Open(p)) {
+                // The loop is gone (it failed): the session ends now.
+                p.finish();
+            }
+        });
+        Ok(Session::from(session))
+    }
+
+    /// Binds the configured listen address and serves on the poll loop
+    /// until [`Peer::shutdown`]; returns the bound address (useful with
+    /// port 0).
+    pub fn bind(&self) -> io::Result<PeerAddr> {
+        let listener = Listener::bind(self.config())?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "listening");
+        self.0
+            .shared
+            .post(Msg::Listen(listener))
+            .map_err(|_| io::Error::other("the peer's poll loop has ended"))?;
+        Ok(addr)
+    }
+
+    /// Serves on the configured listen address, blocking until
+    /// [`Peer::shutdown`] (from another thread, or a handler).
+    pub fn listen(&self) -> io::Result<()> {
+        self.bind()?;
+        let mut stop = self.0.core.shutdown_signal();
+        let _ = exec::block_on(stop.wait_for(|s| *s));
+        Ok(())
+    }
+
+    /// A handle to every open session.
+    pub fn sessions(&self) -> Vec<Session> {
+        self.0
+            .core
+            .sessions()
+            .into_iter()
+            .map(Session::from)
+            .collect()
+    }
+
+    /// The open session with this id.
+    pub fn session(&self, id: u64) -> Option<Session> {
+        self.0.core.session(id).map(Session::from)
+    }
+
+    /// Shuts down gracefully, blocking until done: stops accepting and
+    /// dialing, lets running handlers finish and their replies flush and
+    /// pending pulls complete, then closes every session. What is still
+    /// running at `timeout` is cancelled, and counted in the report.
+    pub fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        let core = &self.0.core;
+        let deadline = Instant::now() + timeout;
+        let sessions = core.begin_shutdown(deadline);
+        let _ = self.0.shared.post(Msg::ShutdownBegun);
+        if exec::on_loop_of(Arc::as_ptr(core.shared()) as usize) {
+            // A handler on the loop: waiting would stop the very loop that
+            // closes the sessions. They close by the deadline all the same.
+            tracing::warn!("shutdown called on the peer's own poll loop; not waiting for it");
+            return ShutdownReport {
+                sessions,
+                cancelled: 0,
+            };
+        }
+        // The core abandons what is pending at the deadline; allow a moment
+        // for the last flush before cancelling.
+        let hard = deadline + Duration::from_millis(500);
+        let _ = exec::block_on_until(core.all_gone(), Some(hard));
+        let cancelled = core.cancel_remaining();
+        tracing::info!(sessions, cancelled, "peer shut down");
+        ShutdownReport {
+            sessions,
+            cancelled,
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! The scenarios every runtime pair must pass, in one place.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{join, join_all, select, Either};
+use serde::{Deserialize, Serialize};
+use teleport_core::{CodecId, Protobuf, Rerror, XferId};
+use teleport_peer::{PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Session};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::runtimes::{Rt, SockPath};
+
+/// Only a guard against hangs; nothing asserts how fast anything was.
+pub const GUARD: Duration = Duration::from_secs(20);
+
+/// Awaits `f`, failing with `what` if it hangs.
+pub async fn guard<F: Future>(what: &str, f: F) -> F::Output {
+    let f = std::pin::pin!(f);
+    let timer = std::pin::pin!(async_io::Timer::after(GUARD));
+    match select(f, timer).await {
+        Either::Left((v, _)) => v,
+        Either::Right(_) => panic!("{what}: did not finish within {GUARD:?} (hang?)"),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Point {
+    x: i64,
+    label: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Ping {
+    #[prost(string, tag = "1")]
+    text: String,
+}
+
+fn gz(ctx: &PullCtx) -> &'static str {
+    if ctx.xfer().iter().any(|x| x == XferId::GZIP) {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// What the scenarios observe of the server.
+#[derive(Clone)]
+pub struct Probe {
+    /// Pushes the server's `/server/sink` took.
+    pushes: mpsc::UnboundedSender<String>,
+    /// `/gate` handlers that started.
+    started: mpsc::UnboundedSender<()>,
+    /// What `/gate` handlers wait for.
+    gate: Arc<Semaphore>,
+    /// What `/slow` handlers wait for.
+    slow: Arc<Semaphore>,
+    /// How many `/gate` handlers ran.
+    gate_runs: Arc<AtomicUsize>,
+}
+
+/// The server's routes, the same on every runtime.
+fn server_routes(b: &mut PeerBuilder, probe: &Probe) {
+    b.pull("/echo/json", |ctx: PullCtx, p: Point| async move {
+        let gz = gz(&ctx);
+        Ok::<_, Rerror>(Replied::new(p).meta("gz", gz))
+    });
+    b.pull(
+        "/echo/proto",
+        |ctx: PullCtx, Protobuf(p): Protobuf<Ping>| async move {
+            let gz = gz(&ctx);
+            Ok::<_, Rerror>(Replied::new(Protobuf(p)).meta("gz", gz))
+        },
+    );
+    b.pull("/echo/string", |ctx: PullCtx, s: String| async move {
+        let gz = gz(&ctx);
+        Ok::<_, Rerror>(Replied::new(s).meta("gz", gz))
+    });
+    b.pull("/meta", |ctx: PullCtx, _: ()| async move {
+        let mut r = Replied::new(());
+        for (k, v) in ctx.query().iter() {
+            r.meta.add([b"q-", k].concat(), v);
+        }
+        for (k, v) in ctx.meta().iter() {
+            r.meta.add([b"m-", k].concat(), v);
+        }
+        Ok::<_, Rerror>(r)
+    });
+    let p = probe.clone();
+    b.pull("/slow", move |_ctx: PullCtx, _: ()| {
+        let p = p.clone();
+        async move {
+            // Held until the caller has timed out, then answers late.
+            p.slow
+                .acquire()
+                .await
+                .map_err(|e| Rerror::internal(e.to_string()))?
+                .forget();
+            Ok::<(), Rerror>(())
+        }
+    });
+    b.pull("/fail", |_ctx: PullCtx, _: ()| async move {
+        Err::<(), _>(Rerror::new(599, "it failed").with_detail("\"quoted\" \\ detail"))
+    });
+    b.pull("/panic", |_ctx: PullCtx, _: ()| async move {
+        if true {
+            panic!("handler panics on purpose");
+        }
+        Ok::<(), Rerror>(())
+    });
+    b.pull("/pushback", |ctx: PullCtx, s: String| async move {
+        ctx.session()
+            .push("/client/note", &format!("note {s}"))
+            .await?;
+        Ok::<_, Rerror>(s)
+    });
+    let p = probe.clone();
+    b.pull("/gate", move |_ctx: PullCtx, s: String| {
+        let p = p.clone();
+        async move {
+            let _ = p.started.send(());
+            p.gate_runs.fetch_add(1, Ordering::SeqCst);
+            p.gate
+                .acquire()
+                .await
+                .map_err(|e| Rerror::internal(e.to_string()))?
+                .forget();
+            Ok::<_, Rerror>(s)
+        }
+    });
+    let p = probe.clone();
+    b.push("/server/sink", move |_ctx: PushCtx, s: String| {
+        let tx = p.pushes.clone();
+        async move {
+            let _ = tx.send(s);
+        }
+    });
+}
+
+/// Which transport a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    Tcp,
+    Unix,
+}
+
+pub fn run_pair(server_rt: Rt, client_rt: Rt) {
+    for net in [Net::Tcp, Net::Unix] {
+        let name = format!("{server_rt:?} server x {client_rt:?} client over {net:?}");
+        run_net(server_rt, client_rt, net, &name);
+    }
+}
+
+fn server_config(net: Net, sock: &Option<SockPath>, listen_tcp: &str) -> PeerConfig {
+    match (net, sock) {
+        (Net::Unix, Some(p)) => PeerConfig {
+            network: teleport_peer::Network::Unix,
+            listen_address: p.as_str().to_string(),
+            ..PeerConfig::default()
+        },
+        _ => PeerConfig {
+            listen_address: listen_tcp.to_string(),
+            ..PeerConfig::default()
+        },
+    }
+}
+
+fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str) {
+    let sock = (net == Net::Unix).then(|| SockPath::new(name));
+    let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    let probe = Probe {
+        pushes: push_tx,
+        started: started_tx,
+        gate: Arc::new(Semaphore::new(0)),
+        slow: Arc::new(Semaphore::new(0)),
+        gate_runs: Arc::new(AtomicUsize::new(0)),
+    };
+    let make_server = |listen: &str| {
+        let mut b = PeerBuilder::new(server_config(net, &sock, listen));
+        server_routes(&mut b, &probe);
+        server_rt.serve(b)
+    };
+    let server =
+        Arc::new(make_server("127.0.0.1:0").unwrap_or_else(|e| panic!("{name}: server: {e}")));
+    let addr = server.addr().dial_string();
+
+    let (note_tx, mut note_rx) = mpsc::unbounded_channel();
+    let mut cb = PeerBuilder::new(PeerConfig {
+        network: if net == Net::Unix {
+            teleport_peer::Network::Unix
+        } else {
+            teleport_peer::Network::Tcp
+        },
+        redial_times: 20,
+        redial_interval: Duration::from_millis(20),
+        ..PeerConfig::default()
+    });
+    cb.push("/client/note", move |_ctx: PushCtx, s: String| {
+        let tx = note_tx.clone();
+        async move {
+            let _ = tx.send(s);
+        }
+    });
+    let client = client_rt.client(cb);
+    let session = client
+        .dial(&addr)
+        .unwrap_or_else(|e| panic!("{name}: dial {addr}: {e}"));
+    let s = &session;
+
+    client.block_on(async {
+        codecs_and_gzip(name, s).await;
+        meta_and_query(name, s).await;
+        // Push both ways.
+        guard(name, s.push("/server/sink", "to the server"))
+            .await
+            .unwrap();
+        assert_eq!(
+            guard(name, push_rx.recv()).await.as_deref(),
+            Some("to the server"),
+            "{name}"
+        );
+        let r = guard(name, s.pull::<_, String>("/pushback", "x")).await;
+        assert_eq!(r.unwrap_or_else(|e| panic!("{name}: {e}")).value, "x");
+        assert_eq!(
+            guard(name, note_rx.recv()).await.as_deref(),
+            Some("note x"),
+            "{name}"
+        );
+        errors(name, s).await;
+        // The timed-out pull's handler finishes; its late reply is dropped.
+        probe.slow.add_permits(1);
+        concurrency(name, s).await;
+    });
+    hostile(name, net, &server, &client, s);
+    let old_id = session.id();
+    graceful_shutdown(name, &server, &client, s, &probe, &mut started_rx);
+
+    // Redial: a server comes back at the same address; the same handle
+    // reconnects on its next use.
+    let listen = server.addr().dial_string();
+    drop(server);
+    let server2 = crate::runtimes::retry_bind(|| make_server(&listen));
+    let r = client.block_on(guard(
+        name,
+        s.pull::<_, String>("/echo/string", "after restart"),
+    ));
+    assert_eq!(
+        r.unwrap_or_else(|e| panic!("{name}: pull after restart: {e}"))
+            .value,
+        "after restart"
+    );
+    assert_eq!(session.id(), old_id, "{name}: the session keeps its id");
+    let report = server2.shutdown(Duration::from_secs(5));
+    assert_eq!(report.cancelled, 0, "{name}");
+    client.shutdown();
+}
+
+async fn codecs_and_gzip(name: &str, s: &Session) {
+    for gzip in [false, true] {
+        fn with(c: teleport_peer::Call<'_>, gzip: bool) -> teleport_peer::Call<'_> {
+            if gzip {
+                c.gzip()
+            } else {
+                c
+            }
+        }
+        let want = if gzip { "yes" } else { "no" };
+        let p = Point {
+            x: 7,
+            label: "héllo \"quoted\"".into(),
+        };
+        let r = guard(name, with(s.call("/echo/json"), gzip).pull::<_, Point>(&p)).await;
+        let r = r.unwrap_or_else(|e| panic!("{name}: json gzip={gzip}: {e}"));
+        assert_eq!((r.value, r.meta.get("gz")), (p, Some(want)), "{name}");
+        assert_eq!(r.codec, CodecId::JSON);
+
+        let ping = Ping {
+            text: "proto".repeat(50),
+        };
+        let r = guard(
+            name,
+            with(s.call("/echo/proto"), gzip)
+                .codec(CodecId::PROTOBUF)
+                .pull::<_, Protobuf<Ping>>(&Protobuf(ping.clone())),
+        )
+        .await;
+        let r = r.unwrap_or_else(|e| panic!("{name}: protobuf gzip={gzip}: {e}"));
+        assert_eq!((r.value.0, r.meta.get("gz")), (ping, Some(want)), "{name}");
+        assert_eq!(r.codec, CodecId::PROTOBUF);
+
+        let r = guard(
+            name,
+            with(s.call("/echo/string"), gzip)
+                .codec(CodecId::STRING)
+                .pull::<_, String>("raw text ✓"),
+        )
+        .await;
+        let r = r.unwrap_or_else(|e| panic!("{name}: string gzip={gzip}: {e}"));
+        assert_eq!(
+            (r.value.as_str(), r.meta.get("gz")),
+            ("raw text ✓", Some(want))
+        );
+        assert_eq!(r.codec, CodecId::STRING);
+    }
+}
+
+async fn meta_and_query(name: &str, s: &Session) {
+    let r = guard(
+        name,
+        s.call("/meta?a=1&b=two%20words")
+            .meta("k", "v & w")
+            .meta("empty", "")
+            .pull::<_, ()>(&()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{name}: meta: {e}"));
+    assert_eq!(r.meta.get("q-a"), Some("1"), "{name}");
+    assert_eq!(r.meta.get("q-b"), Some("two words"), "{name}");
+    assert_eq!(r.meta.get("m-k"), Some("v & w"), "{name}");
+    assert_eq!(r.meta.get("m-empty"), Some(""), "{name}");
+}
+
+async fn errors(name: &str, s: &Session) {
+    let e = guard(name, s.pull::<_, ()>("/nowhere", &()))
+        .await
+        .unwrap_err();
+    assert_eq!(e, Rerror::not_found(), "{name}");
+    let e = guard(name, s.pull::<_, ()>("/fail", &()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str(), e.detail.as_str()),
+        (599, "it failed", "\"quoted\" \\ detail"),
+        "{name}"
+    );
+    let e = guard(name, s.pull::<_, ()>("/panic", &()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Rerror::CODE_INTERNAL, "{name}: {e}");
+    let e = guard(
+        name,
+        s.call("/slow")
+            .timeout(Duration::from_millis(50))
+            .pull::<_, ()>(&()),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, Rerror::CODE_TIMEOUT, "{name}: {e}");
+    // The session lives on after all of that.
+    let r = guard(name, s.pull::<_, String>("/echo/string", "still here")).await;
+    assert_eq!(
+        r.unwrap_or_else(|e| panic!("{name}: {e}")).value,
+        "still here"
+    );
+}
+
+async fn concurrency(name: &str, s: &Session) {
+    let calls = (0..500).map(|i| async move {
+        let body = format!("call {i}");
+        let r = s.pull::<_, String>("/echo/string", &body).await;
+        (body, r)
+    });
+    for (body, r) in guard(name, join_all(calls)).await {
+        assert_eq!(r.unwrap_or_else(|e| panic!("{name}: {e}")).value, body);
+    }
+}
+
+/// A client that sends garbage is cut off while a good one goes on.
+fn hostile(
+    name: &str,
+    net: Net,
+    server: &crate::runtimes::Server,
+    client: &crate::runtimes::Client,
+    s: &Session,
+) {
+    use std::io::{Read, Write};
+    let addr = server.addr().dial_string();
+    let bad = std::thread::spawn(move || -> std::io::Result<usize> {
+        let mut conn: Box<dyn ReadWrite> = match net {
+            Net::Tcp => Box::new(std::net::TcpStream::connect(&addr)?),
+            Net::Unix => Box::new(std::os::unix::net::UnixStream::connect(&addr)?),
+        };
+        conn.set_guard(GUARD)?;
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut buf = [0u8; 64];
+        // The server closes: end of stream (or a reset).
+        match conn.read(&mut buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(0),
+            Err(e) => Err(e),
+        }
+    });
+    client.block_on(async {
+        for i in 0..50 {
+            let body = format!("good {i}");
+            let r = guard(name, s.pull::<_, String>("/echo/string", &body)).await;
+            assert_eq!(r.unwrap_or_else(|e| panic!("{name}: {e}")).value, body);
+        }
+    });
+    let n = bad
+        .join()
+        .expect("hostile thread")
+        .unwrap_or_else(|e| panic!("{name}: the hostile client was not cut off: {e}"));
+    assert_eq!(n, 0, "{name}: the server answered garbage");
+}
+
+trait ReadWrite: std::io::Read + std::io::Write + Send {
+    fn set_guard(&self, d: Duration) -> std::io::Result<()>;
+}
+
+impl ReadWrite for std::net::TcpStream {
+    fn set_guard(&self, d: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(d))
+    }
+}
+
+impl ReadWrite for std::os::unix::net::UnixStream {
+    fn set_guard(&self, d: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(d))
+    }
+}
+
+/// Shutdown with pulls in flight: every pull the server accepted gets its
+/// reply; a pull made once the shutdown began fails instead of hanging.
+fn graceful_shutdown(
+    name: &str,
+    server: &Arc<crate::runtimes::Server>,
+    client: &crate::runtimes::Client,
+    s: &Session,
+    probe: &Probe,
+    started: &mut mpsc::UnboundedReceiver<()>,
+) {
+    const N: usize = 20;
+    let runs_before = probe.gate_runs.load(Ordering::SeqCst);
+    client.block_on(async {
+        let calls = join_all(
+            (0..N).map(|i| async move { s.pull::<_, String>("/gate", &format!("gate {i}")).await }),
+        );
+        let control = async {
+            for _ in 0..N {
+                guard(name, started.recv()).await;
+            }
+            let srv = server.clone();
+            let shut = std::thread::spawn(move || srv.shutdown(Duration::from_secs(10)));
+            while !server.is_shutting_down() {
+                async_io::Timer::after(Duration::from_millis(1)).await;
+            }
+            let late = guard(name, s.pull::<_, String>("/echo/string", "late")).await;
+            assert!(
+                late.is_err(),
+                "{name}: a pull after shutdown began was served"
+            );
+            probe.gate.add_permits(N);
+            shut
+        };
+        let (results, shut) = guard(name, join(calls, control)).await;
+        for (i, r) in results.into_iter().enumerate() {
+            assert_eq!(
+                r.unwrap_or_else(|e| panic!("{name}: accepted pull {i} failed: {e}"))
+                    .value,
+                format!("gate {i}")
+            );
+        }
+        let report = shut.join().expect("shutdown thread");
+        assert_eq!(report.cancelled, 0, "{name}: {report:?}");
+    });
+    assert_eq!(
+        probe.gate_runs.load(Ordering::SeqCst) - runs_before,
+        N,
+        "{name}"
+    );
+}

@@ -3,18 +3,20 @@
 //! clients each on its own connection making sequential pulls, `n` calls
 //! in all. Each system's server runs as a child process, as in the seed.
 //!
-//! Systems: `teleport` (teleport-tokio, route `/bench/say`, protobuf
-//! codec) and `floor` (raw tokio, 4-byte length prefix, same message, no
-//! RPC layer). Compare them only within one run.
+//! Systems: `floor` (raw tokio, 4-byte length prefix, same message, no RPC
+//! layer), and teleport on `tokio`, `async-std`, `smol` and `mio` (route
+//! `/bench/say`, protobuf codec; client and server on the same runtime).
+//! Compare them only within one run.
 //!
 //! ```text
-//! cargo run --release --example bench -- [-c 100] [-n 20000] [--system all|teleport|floor]
+//! cargo run --release --example bench -- [-c 100] [-n 20000] [--system all|floor|tokio|async-std|smol|mio]
 //! ```
 
 #[path = "../core/benches/support/bench_message.rs"]
 #[allow(dead_code)]
 mod bench_message;
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -22,12 +24,13 @@ use std::time::{Duration, Instant};
 
 use bench_message::BenchmarkMessage;
 use prost::Message;
-use teleport::tokio::{Peer, PeerBuilder, PeerConfig, PullCtx};
 use teleport::{CodecId, Protobuf, Rerror};
+use teleport_peer::{PeerBuilder, PeerConfig, PullCtx, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Barrier;
 
-const SYSTEMS: [&str; 2] = ["floor", "teleport"];
+const SYSTEMS: [&str; 5] = ["floor", "tokio", "async-std", "smol", "mio"];
 
 fn reply_to(mut m: BenchmarkMessage) -> BenchmarkMessage {
     m.field1 = "OK".into();
@@ -35,24 +38,25 @@ fn reply_to(mut m: BenchmarkMessage) -> BenchmarkMessage {
     m
 }
 
-// ---- servers -------------------------------------------------------------
-
-async fn serve_teleport() -> String {
-    let mut b = PeerBuilder::new(PeerConfig {
+fn config() -> PeerConfig {
+    PeerConfig {
         default_body_codec: "protobuf".into(),
         ..PeerConfig::default()
-    });
+    }
+}
+
+fn server_builder() -> PeerBuilder {
+    let mut b = PeerBuilder::new(config());
     b.pull(
         "/bench/say",
         |_ctx: PullCtx, Protobuf(m): Protobuf<BenchmarkMessage>| async move {
             Ok::<_, Rerror>(Protobuf(reply_to(m)))
         },
     );
-    let peer = Peer::from_builder(b).expect("peer");
-    let addr = peer.bind().await.expect("bind").to_string();
-    std::mem::forget(peer); // serve until killed
-    addr
+    b
 }
+
+// ---- servers (child process) -----------------------------------------------
 
 async fn serve_floor() -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -87,103 +91,235 @@ async fn serve_floor() -> String {
     addr
 }
 
-// ---- clients -------------------------------------------------------------
-
-enum Caller {
-    Teleport(teleport::tokio::Session),
-    Floor(tokio::io::BufReader<TcpStream>, Vec<u8>),
+/// Serves `system` and prints the address; serves until killed (bounded,
+/// in case the parent dies).
+fn serve(system: &str) {
+    const MAX: Duration = Duration::from_secs(900);
+    match system {
+        "floor" | "tokio" => {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async {
+                let addr = if system == "floor" {
+                    serve_floor().await
+                } else {
+                    let peer = teleport_tokio::Peer::from_builder(server_builder()).expect("peer");
+                    let a = peer.bind().await.expect("bind").to_string();
+                    std::mem::forget(peer);
+                    a
+                };
+                println!("{addr}");
+                tokio::time::sleep(MAX).await;
+            });
+        }
+        "async-std" | "smol" => {
+            let exec = async_executor(system);
+            let peer =
+                teleport_async_std::Peer::from_builder(server_builder(), exec).expect("peer");
+            let addr = block_on_async(system, peer.bind()).expect("bind");
+            println!("{addr}");
+            std::mem::forget(peer);
+            std::thread::sleep(MAX);
+        }
+        "mio" => {
+            // The handler never blocks, so it runs on the loop (no hand-off
+            // to a worker pool).
+            let peer = teleport_mio::Peer::with_workers(server_builder(), 0).expect("peer");
+            println!("{}", peer.bind().expect("bind"));
+            std::mem::forget(peer);
+            std::thread::sleep(MAX);
+        }
+        other => panic!("unknown system {other}"),
+    }
 }
 
-impl Caller {
-    async fn connect(system: &str, addr: &str, peer: &Peer) -> Caller {
-        match system {
-            "teleport" => Caller::Teleport(peer.dial(addr).await.expect("dial")),
-            _ => {
-                let s = TcpStream::connect(addr).await.expect("connect");
-                s.set_nodelay(true).expect("nodelay");
-                Caller::Floor(tokio::io::BufReader::with_capacity(8192, s), Vec::new())
-            }
-        }
+fn async_executor(system: &str) -> teleport_async_std::Executor {
+    if system == "smol" {
+        teleport_async_std::Executor::Smol
+    } else {
+        teleport_async_std::Executor::AsyncStd
     }
+}
 
-    async fn call(&mut self, m: &BenchmarkMessage) -> bool {
-        match self {
-            Caller::Teleport(s) => s
-                .call("/bench/say")
-                .codec(CodecId::PROTOBUF)
-                .pull::<_, Protobuf<BenchmarkMessage>>(&Protobuf(m.clone()))
-                .await
-                .is_ok_and(|r| r.value.0.field1 == "OK"),
-            Caller::Floor(s, buf) => {
-                buf.clear();
-                buf.extend_from_slice(&(m.encoded_len() as u32).to_be_bytes());
-                m.encode(buf).expect("vec grows");
-                if s.get_mut().write_all(buf).await.is_err() {
-                    return false;
-                }
-                let Ok(len) = s.read_u32().await else {
-                    return false;
-                };
-                buf.resize(len as usize, 0);
-                if s.read_exact(buf).await.is_err() {
-                    return false;
-                }
-                BenchmarkMessage::decode(&buf[..]).is_ok_and(|r| r.field1 == "OK")
-            }
-        }
+fn block_on_async<F: Future>(system: &str, f: F) -> F::Output {
+    if system == "smol" {
+        smol::block_on(f)
+    } else {
+        async_std::task::block_on(f)
     }
+}
+
+// ---- clients -----------------------------------------------------------------
+
+/// One client: `calls` sequential pulls; returns (ok, latencies in µs).
+async fn pulls(session: Session, calls: usize, ready: Arc<Barrier>) -> (usize, Vec<u32>) {
+    ready.wait().await;
+    let m = Protobuf(BenchmarkMessage::filled());
+    let (mut ok, mut lat) = (0, Vec::with_capacity(calls));
+    for _ in 0..calls {
+        let t = Instant::now();
+        let r = session
+            .call("/bench/say")
+            .codec(CodecId::PROTOBUF)
+            .pull::<_, Protobuf<BenchmarkMessage>>(&m)
+            .await;
+        if r.is_ok_and(|r| r.value.0.field1 == "OK") {
+            ok += 1;
+        }
+        lat.push(micros(t.elapsed()));
+    }
+    (ok, lat)
+}
+
+async fn floor_calls(addr: String, calls: usize, ready: Arc<Barrier>) -> (usize, Vec<u32>) {
+    let s = TcpStream::connect(&addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let mut s = tokio::io::BufReader::with_capacity(8192, s);
+    ready.wait().await;
+    let m = BenchmarkMessage::filled();
+    let (mut ok, mut lat, mut buf) = (0, Vec::with_capacity(calls), Vec::new());
+    for _ in 0..calls {
+        let t = Instant::now();
+        buf.clear();
+        buf.extend_from_slice(&(m.encoded_len() as u32).to_be_bytes());
+        m.encode(&mut buf).expect("vec grows");
+        let good = async {
+            s.get_mut().write_all(&buf).await.ok()?;
+            let len = s.read_u32().await.ok()?;
+            buf.resize(len as usize, 0);
+            s.read_exact(&mut buf).await.ok()?;
+            BenchmarkMessage::decode(&buf[..]).ok()
+        }
+        .await
+        .is_some_and(|r| r.field1 == "OK");
+        ok += usize::from(good);
+        lat.push(micros(t.elapsed()));
+    }
+    (ok, lat)
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
 }
 
 struct Outcome {
     wall: Duration,
     steady: Duration,
     ok: usize,
-    failed: usize,
     lat_us: Vec<u32>,
 }
 
-async fn run_clients(system: &'static str, addr: String, c: usize, n: usize) -> Outcome {
-    let peer = Peer::new(PeerConfig {
-        default_body_codec: "protobuf".into(),
-        ..PeerConfig::default()
-    })
-    .expect("peer");
+fn share(n: usize, c: usize, i: usize) -> usize {
+    n / c + usize::from(i < n % c)
+}
+
+/// Runs `c` clients of `system` against `addr`, `n` calls in all.
+fn run_clients(system: &str, addr: &str, c: usize, n: usize) -> Outcome {
     let start = Instant::now();
-    let ready = Arc::new(tokio::sync::Barrier::new(c + 1));
-    let mut tasks = Vec::new();
-    for i in 0..c {
-        let (addr, peer, ready) = (addr.clone(), peer.clone(), ready.clone());
-        let calls = n / c + usize::from(i < n % c);
-        tasks.push(tokio::spawn(async move {
-            let mut caller = Caller::connect(system, &addr, &peer).await;
-            ready.wait().await;
-            let m = BenchmarkMessage::filled();
-            let (mut ok, mut lat) = (0, Vec::with_capacity(calls));
-            for _ in 0..calls {
-                let t = Instant::now();
-                if caller.call(&m).await {
-                    ok += 1;
+    let ready = Arc::new(Barrier::new(c + 1));
+    let results: Vec<(usize, Vec<u32>)>;
+    let steady_start;
+    match system {
+        "floor" | "tokio" => {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            let peer = teleport_tokio::Peer::new(config()).expect("peer");
+            (results, steady_start) = rt.block_on(async {
+                let mut tasks = Vec::new();
+                for i in 0..c {
+                    let (ready, addr) = (ready.clone(), addr.to_string());
+                    let calls = share(n, c, i);
+                    if system == "floor" {
+                        tasks.push(tokio::spawn(floor_calls(addr, calls, ready)));
+                    } else {
+                        let s = peer.dial(&addr).await.expect("dial");
+                        tasks.push(tokio::spawn(pulls(s, calls, ready)));
+                    }
                 }
-                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-            }
-            (ok, lat)
-        }));
+                ready.wait().await;
+                let t = Instant::now();
+                let mut out = Vec::new();
+                for task in tasks {
+                    out.push(task.await.expect("client task"));
+                }
+                (out, t)
+            });
+        }
+        "async-std" | "smol" => {
+            let peer =
+                teleport_async_std::Peer::new(config(), async_executor(system)).expect("peer");
+            (results, steady_start) = block_on_async(system, async {
+                let mut tasks = Vec::new();
+                for i in 0..c {
+                    let s = peer.dial(addr).await.expect("dial");
+                    let f = pulls(s, share(n, c, i), ready.clone());
+                    tasks.push(if system == "smol" {
+                        Either::Smol(smol::spawn(f))
+                    } else {
+                        Either::AsyncStd(async_std::task::spawn(f))
+                    });
+                }
+                ready.wait().await;
+                let t = Instant::now();
+                let mut out = Vec::new();
+                for task in tasks {
+                    out.push(match task {
+                        Either::Smol(t) => t.await,
+                        Either::AsyncStd(t) => t.await,
+                    });
+                }
+                (out, t)
+            });
+        }
+        "mio" => {
+            let peer = teleport_mio::Peer::new(config()).expect("peer");
+            let m = Arc::new(Protobuf(BenchmarkMessage::filled()));
+            let threads: Vec<_> = (0..c)
+                .map(|i| {
+                    let s = peer.dial(addr).expect("dial");
+                    let (ready, m) = (ready.clone(), m.clone());
+                    let calls = share(n, c, i);
+                    std::thread::Builder::new()
+                        .stack_size(256 << 10)
+                        .spawn(move || {
+                            futures_executor::block_on(ready.wait());
+                            let (mut ok, mut lat) = (0, Vec::with_capacity(calls));
+                            for _ in 0..calls {
+                                let t = Instant::now();
+                                let r = s
+                                    .call("/bench/say")
+                                    .codec(CodecId::PROTOBUF)
+                                    .pull::<_, Protobuf<BenchmarkMessage>>(&*m);
+                                ok += usize::from(r.is_ok_and(|r| r.value.0.field1 == "OK"));
+                                lat.push(micros(t.elapsed()));
+                            }
+                            (ok, lat)
+                        })
+                        .expect("client thread")
+                })
+                .collect();
+            futures_executor::block_on(ready.wait());
+            steady_start = Instant::now();
+            results = threads
+                .into_iter()
+                .map(|t| t.join().expect("client"))
+                .collect();
+        }
+        other => panic!("unknown system {other}"),
     }
-    ready.wait().await;
-    let steady_start = Instant::now();
-    let (mut ok, mut lat_us) = (0, Vec::with_capacity(n));
-    for t in tasks {
-        let (k, l) = t.await.expect("client task");
-        ok += k;
-        lat_us.extend(l);
-    }
+    let wall = start.elapsed();
+    let steady = steady_start.elapsed();
+    let ok = results.iter().map(|r| r.0).sum();
+    let lat_us = results.into_iter().flat_map(|r| r.1).collect();
     Outcome {
-        wall: start.elapsed(),
-        steady: steady_start.elapsed(),
+        wall,
+        steady,
         ok,
-        failed: n - ok,
         lat_us,
     }
+}
+
+enum Either<A, B> {
+    Smol(A),
+    AsyncStd(B),
 }
 
 /// CPU time (user + system) of a process, from /proc (Linux only).
@@ -219,17 +355,7 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
-        let system = args.get(1).cloned().unwrap_or_default();
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        rt.block_on(async {
-            let addr = match system.as_str() {
-                "teleport" => serve_teleport().await,
-                _ => serve_floor().await,
-            };
-            println!("{addr}");
-            // Serve until the parent kills us (bounded, in case it dies).
-            tokio::time::sleep(Duration::from_secs(600)).await;
-        });
+        serve(args.get(1).map(String::as_str).unwrap_or("floor"));
         return;
     }
     let (mut c, mut n, mut systems) = (100usize, 20_000usize, SYSTEMS.to_vec());
@@ -240,16 +366,18 @@ fn main() {
             "-c" => c = v.parse().expect("-c N"),
             "-n" => n = v.parse().expect("-n N"),
             "--system" if v != "all" => {
-                systems = SYSTEMS.iter().copied().filter(|s| *s == v).collect();
+                systems = v
+                    .split(',')
+                    .filter_map(|s| SYSTEMS.iter().copied().find(|x| *x == s))
+                    .collect();
             }
             "--system" => {}
             other => panic!("unknown argument {other}; see the example's docs"),
         }
     }
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
     println!("c={c} n={n}; wall TPS from first dial, steady TPS from all connected; latency in ms");
     println!(
-        "{:<9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10} {:>7}",
+        "{:<9} {:>9} {:>9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10} {:>6} {:>7}",
         "system",
         "wall TPS",
         "steady",
@@ -260,6 +388,7 @@ fn main() {
         "max",
         "cli µs/op",
         "srv µs/op",
+        "floor",
         "failed"
     );
     let mut floor_tps = None;
@@ -268,7 +397,7 @@ fn main() {
         let pid = child.id().to_string();
         let srv0 = cpu_time(&pid).unwrap_or_default();
         let cli0 = cpu_time("self").unwrap_or_default();
-        let out = rt.block_on(run_clients(system, addr, c, n));
+        let out = run_clients(system, &addr, c, n);
         let cli = cpu_time("self").unwrap_or_default().saturating_sub(cli0);
         let srv = cpu_time(&pid).unwrap_or_default().saturating_sub(srv0);
         let _ = child.kill();
@@ -280,8 +409,14 @@ fn main() {
         let wall_tps = out.ok as f64 / out.wall.as_secs_f64();
         let steady_tps = out.ok as f64 / out.steady.as_secs_f64();
         let per_op = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        if system == "floor" {
+            floor_tps = Some(wall_tps);
+        }
+        let ratio = floor_tps
+            .map(|f| format!("{:.2}", wall_tps / f))
+            .unwrap_or_default();
         println!(
-            "{:<9} {:>9.0} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.3} {:>10.1} {:>10.1} {:>7}",
+            "{:<9} {:>9.0} {:>9.0} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.3} {:>10.1} {:>10.1} {:>6} {:>7}",
             system,
             wall_tps,
             steady_tps,
@@ -292,12 +427,8 @@ fn main() {
             percentile(&lat, 1.0),
             per_op(cli),
             per_op(srv),
-            out.failed
+            ratio,
+            n - out.ok
         );
-        if system == "floor" {
-            floor_tps = Some(wall_tps);
-        } else if let Some(f) = floor_tps {
-            println!("{:<9} {:.2}x the floor's wall TPS", "", wall_tps / f);
-        }
     }
 }

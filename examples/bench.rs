@@ -359,6 +359,9 @@ fn main() {
         return;
     }
     let (mut c, mut n, mut systems) = (100usize, 20_000usize, SYSTEMS.to_vec());
+    // `--addr A`: use a server already running there (one system), e.g.
+    // one started with `bench serve tokio` under a profiler.
+    let mut external: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let v = it.next().map(String::as_str).unwrap_or_default();
@@ -372,6 +375,7 @@ fn main() {
                     .collect();
             }
             "--system" => {}
+            "--addr" => external = Some(v.to_string()),
             other => panic!("unknown argument {other}; see the example's docs"),
         }
     }
@@ -393,15 +397,26 @@ fn main() {
     );
     let mut floor_tps = None;
     for system in systems {
-        let (mut child, addr) = spawn_server(system);
-        let pid = child.id().to_string();
+        let (mut child, addr) = match &external {
+            Some(a) => (None, a.clone()),
+            None => {
+                let (c, a) = spawn_server(system);
+                (Some(c), a)
+            }
+        };
+        let pid = child
+            .as_ref()
+            .map(|c| c.id().to_string())
+            .unwrap_or_default();
         let srv0 = cpu_time(&pid).unwrap_or_default();
         let cli0 = cpu_time("self").unwrap_or_default();
         let out = run_clients(system, &addr, c, n);
         let cli = cpu_time("self").unwrap_or_default().saturating_sub(cli0);
         let srv = cpu_time(&pid).unwrap_or_default().saturating_sub(srv0);
-        let _ = child.kill();
-        let _ = child.wait();
+        if let Some(child) = child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let mut lat = out.lat_us;
         lat.sort_unstable();
         let mean =

@@ -28,6 +28,14 @@ pub type CoreSession = teleport_core::Session<Handler, Token>;
 /// A finished handler: the pull's seq and its reply, or `None` for a push.
 pub type Done = Option<(Seq, Result<Packet, Rerror>)>;
 
+/// The longest wait between two re-dial attempts (they double from
+/// `redial_interval`).
+pub const MAX_REDIAL_WAIT: Duration = Duration::from_secs(5);
+
+/// How long after a shutdown's deadline a session task may still take to
+/// flush its last bytes before it is cancelled.
+pub const FLUSH_GRACE: Duration = Duration::from_millis(500);
+
 /// Most commands taken in one turn, so one busy handle cannot starve the
 /// socket.
 pub const BUDGET: usize = 256;
@@ -259,9 +267,11 @@ impl Driver {
         }
     }
 
-    /// Where to re-dial after the connection ended this way, if anywhere:
-    /// a dialed session with redials configured, not closed on purpose.
-    pub fn redial_target(&self, reason: &CloseReason) -> Option<String> {
+    /// The connection ended this way: records it (for the shutdown
+    /// report) and says where to re-dial, if anywhere: a dialed session
+    /// with redials configured, not closed on purpose.
+    pub fn connection_ended(&self, reason: &CloseReason) -> Option<String> {
+        self.peer.note_close(reason);
         let local_end = matches!(
             reason,
             CloseReason::Local | CloseReason::DrainTimeout { .. }
@@ -314,12 +324,22 @@ impl Driver {
                         tracing::warn!(session = self.session.id(), %addr, attempt, error = %e, "redial failed");
                         last_err = Some(e);
                         sleep(wait).await;
-                        wait = wait.saturating_mul(2);
+                        wait = wait.saturating_mul(2).min(MAX_REDIAL_WAIT);
                     }
                 }
             }
-            let detail = last_err.map(|e| e.to_string()).unwrap_or_default();
-            refuse(cmd, Rerror::dial_failed(detail));
+            // Everything that queued up meanwhile fails too, rather than
+            // each command starting another round of attempts.
+            let e = Rerror::dial_failed(last_err.map(|e| e.to_string()).unwrap_or_default());
+            refuse(cmd, e.clone());
+            while let Ok(queued) = self.cmd_rx.try_recv() {
+                if let Command::Close { done, .. } = queued {
+                    self.close_requested = true;
+                    self.close_waiters.extend(done);
+                    return None;
+                }
+                refuse(queued, e.clone());
+            }
         }
     }
 
@@ -342,7 +362,7 @@ impl Driver {
         let mut backlog = Vec::new();
         while let Some(stream) = next.take() {
             let reason = conn(&mut self, stream, &mut backlog).await;
-            if let Some(addr) = self.redial_target(&reason) {
+            if let Some(addr) = self.connection_ended(&reason) {
                 next = self
                     .redial_when_used(&addr, &mut backlog, &connect, &sleep)
                     .await;

@@ -2,9 +2,10 @@
 //! sessions, with what a graceful shutdown needs.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use teleport_core::{Rerror, Role, Shared};
 use tokio::sync::{mpsc, watch, Notify};
@@ -27,13 +28,19 @@ struct Entry {
     abort: Abort,
 }
 
-/// What [`PeerCore::cancel_remaining`] and an adapter's shutdown report.
+/// What a graceful shutdown did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ShutdownReport {
     /// Sessions open when shutdown began.
     pub sessions: usize,
-    /// Sessions still running at the timeout, cancelled.
+    /// Sessions whose task was still running after the timeout (and a
+    /// moment to flush), cancelled.
     pub cancelled: usize,
+    /// The peer's pulls whose handlers were still running at the deadline:
+    /// cancelled, their replies never sent.
+    pub handlers_abandoned: usize,
+    /// Our pulls still awaiting replies at the deadline: failed with 102.
+    pub pulls_abandoned: usize,
 }
 
 /// A peer without a runtime: what every adapter's `Peer` wraps.
@@ -42,6 +49,9 @@ pub struct PeerCore {
     shared: Arc<Shared<Handler>>,
     sessions: Mutex<HashMap<u64, Entry>>,
     shutting_down: AtomicBool,
+    draining: AtomicBool,
+    handlers_abandoned: AtomicUsize,
+    pulls_abandoned: AtomicUsize,
     shutdown_deadline: Mutex<Option<Instant>>,
     shutdown: watch::Sender<bool>,
     gone: Notify,
@@ -64,6 +74,9 @@ impl PeerCore {
             shared,
             sessions: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            handlers_abandoned: AtomicUsize::new(0),
+            pulls_abandoned: AtomicUsize::new(0),
             shutdown_deadline: Mutex::new(None),
             shutdown,
             gone: Notify::new(),
@@ -185,8 +198,18 @@ impl PeerCore {
         self.shutdown.subscribe()
     }
 
+    /// `now + timeout`, or a century from now if that overflows (so a
+    /// `Duration::MAX` timeout means "no deadline", not a panic).
+    pub fn deadline_after(timeout: Duration) -> Instant {
+        let now = Instant::now();
+        now.checked_add(timeout)
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+            .unwrap_or(now)
+    }
+
     /// Stops accepting and dialing and asks every session to close by
-    /// `deadline`; returns how many sessions there were.
+    /// `deadline`; returns how many sessions there were. Sessions that
+    /// start meanwhile see [`PeerCore::is_shutting_down`] and close at once.
     pub fn begin_shutdown(&self, deadline: Instant) -> usize {
         *self
             .shutdown_deadline
@@ -198,7 +221,43 @@ impl PeerCore {
         for s in &sessions {
             s.close_by(deadline);
         }
+        self.draining.store(true, Ordering::Release);
         sessions.len()
+    }
+
+    /// Whether shutdown began and every session was asked to close (so a
+    /// pull arriving now is refused).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Records how a session ended, for the shutdown report.
+    pub fn note_close(&self, reason: &teleport_core::CloseReason) {
+        if let teleport_core::CloseReason::DrainTimeout { pulls, handlers } = reason {
+            self.pulls_abandoned.fetch_add(*pulls, Ordering::Relaxed);
+            self.handlers_abandoned
+                .fetch_add(*handlers, Ordering::Relaxed);
+        }
+    }
+
+    /// Cancels what still runs and says what the shutdown did.
+    pub fn end_shutdown(&self, sessions: usize) -> ShutdownReport {
+        let cancelled = self.cancel_remaining();
+        let report = ShutdownReport {
+            sessions,
+            cancelled,
+            handlers_abandoned: self.handlers_abandoned.load(Ordering::Relaxed),
+            pulls_abandoned: self.pulls_abandoned.load(Ordering::Relaxed),
+        };
+        if report.cancelled + report.handlers_abandoned + report.pulls_abandoned > 0 {
+            tracing::warn!(
+                ?report,
+                "peer shut down; work still running at the deadline was cancelled"
+            );
+        } else {
+            tracing::info!(?report, "peer shut down");
+        }
+        report
     }
 
     /// Resolves once every session has ended.

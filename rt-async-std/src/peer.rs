@@ -2,7 +2,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_io::Timer;
 use futures_util::future::{AbortHandle, Abortable};
@@ -135,20 +135,15 @@ impl Peer {
     /// then closes every session. What is still running at `timeout` is
     /// cancelled, and counted in the report.
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
-        let deadline = Instant::now() + timeout;
+        let deadline = PeerCore::deadline_after(timeout);
         let sessions = self.core.begin_shutdown(deadline);
         // The core abandons what is pending at the deadline; allow a moment
         // for the last flush before cancelling tasks.
-        let hard = deadline + Duration::from_millis(500);
+        let hard = PeerCore::deadline_after(timeout.saturating_add(teleport_peer::FLUSH_GRACE));
         futures_lite::future::or(self.core.all_gone(), async {
             Timer::at(hard).await;
         })
         .await;
-        let cancelled = self.core.cancel_remaining();
-        tracing::info!(sessions, cancelled, "peer shut down");
-        ShutdownReport {
-            sessions,
-            cancelled,
-        }
+        self.core.end_shutdown(sessions)
     }
 }

@@ -822,7 +822,7 @@ impl EventLoop {
         };
         let id = c.driver.session().id();
         tracing::info!(session = id, ?reason, "session closed");
-        match c.driver.redial_target(&reason) {
+        match c.driver.connection_ended(&reason) {
             Some(addr) => {
                 let mut b = Broken {
                     driver: c.driver,

@@ -3,7 +3,7 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use teleport_core::{Rerror, Role};
 use teleport_peer::{PeerAddr, PeerBuilder, PeerConfig, PeerCore, ShutdownReport};
@@ -163,7 +163,7 @@ impl Peer {
     /// running at `timeout` is cancelled, and counted in the report.
     pub fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         let core = &self.0.core;
-        let deadline = Instant::now() + timeout;
+        let deadline = PeerCore::deadline_after(timeout);
         let sessions = core.begin_shutdown(deadline);
         let _ = self.0.shared.post(Msg::ShutdownBegun);
         if exec::on_loop_of(Arc::as_ptr(core.shared()) as usize) {
@@ -172,18 +172,13 @@ impl Peer {
             tracing::warn!("shutdown called on the peer's own poll loop; not waiting for it");
             return ShutdownReport {
                 sessions,
-                cancelled: 0,
+                ..ShutdownReport::default()
             };
         }
         // The core abandons what is pending at the deadline; allow a moment
         // for the last flush before cancelling.
-        let hard = deadline + Duration::from_millis(500);
+        let hard = PeerCore::deadline_after(timeout.saturating_add(teleport_peer::FLUSH_GRACE));
         let _ = exec::block_on_until(core.all_gone(), Some(hard));
-        let cancelled = core.cancel_remaining();
-        tracing::info!(sessions, cancelled, "peer shut down");
-        ShutdownReport {
-            sessions,
-            cancelled,
-        }
+        core.end_shutdown(sessions)
     }
 }

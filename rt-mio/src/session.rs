@@ -124,7 +124,8 @@ impl Session {
     /// the peer's own loop thread it only starts the close.)
     pub fn close(&self) {
         if check_not_own_loop(&self.0).is_err() {
-            let deadline = Instant::now() + self.0.shared().config.close_timeout;
+            let deadline =
+                teleport_peer::PeerCore::deadline_after(self.0.shared().config.close_timeout);
             self.0.close_by(deadline);
             return;
         }

@@ -2,11 +2,13 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use teleport_core::{Rerror, Role};
-use teleport_peer::{PeerAddr, PeerBuilder, PeerConfig, PeerCore, Session, ShutdownReport};
+use teleport_peer::{
+    PeerAddr, PeerBuilder, PeerConfig, PeerCore, Session, ShutdownReport, FLUSH_GRACE,
+};
 
 use crate::net::{Listener, Stream};
 
@@ -113,17 +115,12 @@ impl Peer {
     /// then closes every session. What is still running at `timeout` is
     /// cancelled, and counted in the report.
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
-        let deadline = Instant::now() + timeout;
+        let deadline = PeerCore::deadline_after(timeout);
         let sessions = self.0.begin_shutdown(deadline);
         // The core abandons what is pending at the deadline; allow a moment
         // for the last flush before cancelling tasks.
-        let hard = tokio::time::Instant::from_std(deadline) + Duration::from_millis(500);
-        let _ = tokio::time::timeout_at(hard, self.0.all_gone()).await;
-        let cancelled = self.0.cancel_remaining();
-        tracing::info!(sessions, cancelled, "peer shut down");
-        ShutdownReport {
-            sessions,
-            cancelled,
-        }
+        let hard = PeerCore::deadline_after(timeout.saturating_add(FLUSH_GRACE));
+        let _ = tokio::time::timeout_at(hard.into(), self.0.all_gone()).await;
+        self.0.end_shutdown(sessions)
     }
 }

@@ -312,6 +312,8 @@ async fn shutdown_with_a_stuck_handler_ends_and_the_caller_gets_102() {
     guard("handler started", started_rx.recv()).await;
     let report = guard("shutdown", server.shutdown(Duration::from_millis(100))).await;
     assert_eq!(report.sessions, 1);
+    // The stuck handler is what the deadline cut: reported, not hidden.
+    assert_eq!(report.handlers_abandoned, 1, "{report:?}");
     let e = guard("stuck pull", pull)
         .await
         .unwrap()

@@ -41,11 +41,11 @@ impl Server {
         }
     }
 
-    pub fn is_shutting_down(&self) -> bool {
+    pub fn is_draining(&self) -> bool {
         match self {
-            Server::Tokio(_, p, _) => p.core().is_shutting_down(),
-            Server::AsyncIo(_, p, _) => p.core().is_shutting_down(),
-            Server::Mio(p, _) => p.core().is_shutting_down(),
+            Server::Tokio(_, p, _) => p.core().is_draining(),
+            Server::AsyncIo(_, p, _) => p.core().is_draining(),
+            Server::Mio(p, _) => p.core().is_draining(),
         }
     }
 

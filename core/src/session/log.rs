@@ -46,10 +46,16 @@ pub(super) fn received(cfg: &SessionConfig, session: u64, p: &Packet, size: usiz
     }
 }
 
-fn status(error: Option<&Rerror>) -> String {
-    match error {
-        None => "ok".to_string(),
-        Some(e) => e.to_string(),
+/// A reply's status for a log line: `ok`, or the error. Formatted only
+/// when a line is actually written.
+struct Status<'a>(Option<&'a Rerror>);
+
+impl std::fmt::Display for Status<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("ok"),
+            Some(e) => e.fmt(f),
+        }
     }
 }
 
@@ -66,7 +72,7 @@ pub(super) fn replied(
     error: Option<&Rerror>,
     elapsed: Option<Duration>,
 ) {
-    let status = status(error);
+    let status = Status(error);
     match elapsed {
         Some(cost) if slow(cfg, cost) => {
             tracing::warn!(target: "teleport::packet", session, dir = "send", ptype = "REPLY",
@@ -96,7 +102,7 @@ pub(super) fn pull_done(
     error: Option<&Rerror>,
     cost: Duration,
 ) {
-    let status = status(error);
+    let status = Status(error);
     if slow(cfg, cost) {
         tracing::warn!(target: "teleport::packet", session, dir = "recv", ptype = "REPLY",
             seq = seq.0, %uri, %status, ?cost, "slow pull");

@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo run --example chat`
 
+#[path = "support/signal.rs"]
+mod signal;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -66,12 +69,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, s) in &sessions {
         s.push("/chat/say", &format!("hello from {name}")).await?;
     }
-    // 3 lines said, each heard by 3 clients.
-    for _ in 0..9 {
-        let (who, line) = tokio::time::timeout(Duration::from_secs(5), heard_rx.recv())
-            .await?
-            .ok_or("a client went away")?;
-        println!("{who:>4} hears {}: {}", line.from, line.text);
+    // 3 lines said, each heard by 3 clients; Ctrl-C or SIGTERM stops early.
+    let hear_all = async {
+        for _ in 0..9 {
+            let (who, line) = tokio::time::timeout(Duration::from_secs(5), heard_rx.recv())
+                .await?
+                .ok_or("a client went away")?;
+            println!("{who:>4} hears {}: {}", line.from, line.text);
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    tokio::select! {
+        r = hear_all => r?,
+        () = signal::interrupted() => println!("interrupted: shutting down"),
     }
     for (_, s) in &sessions {
         s.close().await;

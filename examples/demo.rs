@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo run --example demo`
 
+#[path = "support/signal.rs"]
+mod signal;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,8 +54,7 @@ impl Home {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,teleport::packet=debug".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_target(false)
         .with_ansi(false)
@@ -74,6 +76,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Peer::from_builder(b)?;
     let addr = server.bind().await?;
 
+    // The client's part; Ctrl-C or SIGTERM cuts it short, and the server
+    // shuts down gracefully either way.
+    let addr = addr.to_string();
+    let session = tokio::select! {
+        r = client_part(&addr) => Some(r?),
+        () = signal::interrupted() => {
+            println!("interrupted: shutting down");
+            None
+        }
+    };
+
+    // The server shuts down gracefully while the client is still
+    // connected: it closes that session (the client sees it end) and
+    // reports what it had to cut (nothing, here).
+    let report = server.shutdown(Duration::from_secs(2)).await;
+    println!("server shut down: {report:?}");
+    if let Some(s) = session {
+        let e = s.pull::<_, ()>("/v1/home/fail", &()).await.unwrap_err();
+        println!("client <- after the server shut down: {e}");
+    }
+    Ok(())
+}
+
+/// Pulls with meta and a query, a gzipped pull, an error reply, a 404,
+/// and takes the server's pushes.
+async fn client_part(addr: &str) -> Result<teleport::tokio::Session, Box<dyn std::error::Error>> {
     // Client: takes pushes on /push/note.
     let mut b = PeerBuilder::new(PeerConfig {
         count_time: true,
@@ -83,7 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("client <- push {}: {note}", ctx.uri());
     });
     let client = Peer::from_builder(b)?;
-    let session = client.dial(&addr.to_string()).await?;
+    let session = client.dial(addr).await?;
 
     for i in 0..3 {
         let reply = session
@@ -112,9 +140,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => return Err("an unknown route answered".into()),
     }
 
-    // Client closes, then the server shuts down gracefully.
-    session.close().await;
-    let report = server.shutdown(Duration::from_secs(2)).await;
-    println!("server shut down: {report:?}");
-    Ok(())
+    Ok(session)
 }

@@ -424,3 +424,121 @@ fn go_error_replies_read_back() {
     let ok = &decode_all(&mut proto, &reply_of("pull_json.1.s2c")).unwrap()[0];
     assert_eq!(Rerror::from_meta(&ok.meta), None);
 }
+
+/// A server session fed the bytes a Go client sent answers as the live Go
+/// server did: byte for byte, except where the notes say we differ on
+/// purpose. Session-level rejects close the session as Go's does.
+mod against_go_server {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use teleport_core::{CloseReason, Event, Role, Router, Session, Shared};
+
+    /// Feeds `wire` to an acceptor whose `/echo/*` handlers echo the body
+    /// in its codec; returns the frames it wrote and how it ended, if it did.
+    fn serve(wire: &[u8]) -> (Vec<Vec<u8>>, Option<CloseReason>) {
+        let mut r = Router::new();
+        r.pull("/echo/string", ()).pull("/echo/json", ());
+        let mut s: Session<(), ()> =
+            Session::new(Arc::new(Shared::new(r)), Role::Acceptor, 1, Instant::now());
+        let now = Instant::now();
+        s.handle_input(now, wire);
+        let mut closed = None;
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                Event::Pull(p) => {
+                    let echo =
+                        Packet::default().with_body(p.reply_codec, p.packet.body.clone());
+                    s.reply(now, p.seq, Ok(echo)).unwrap();
+                }
+                Event::Closed(reason) => closed = Some(reason),
+                _ => {}
+            }
+        }
+        let mut out = BytesMut::new();
+        s.poll_transmit(&mut out);
+        let mut frames = Vec::new();
+        let mut proto = FastProto::default();
+        while !out.is_empty() {
+            let before = out.clone();
+            proto.decode(&mut out).unwrap().expect("whole frames");
+            frames.push(before[..before.len() - out.len()].to_vec());
+        }
+        (frames, closed)
+    }
+
+    #[test]
+    fn replies_match_the_go_server_byte_for_byte() {
+        let all = vectors();
+        for id in ["ok_reference", "empty_uri_pull", "two_frames_one_write"] {
+            let v = all.iter().find(|v| v["id"] == id).unwrap();
+            let go = bytes_of(&v["go_session"], "reply_hex");
+            let (ours, closed) = serve(&bytes_of(v, "hex"));
+            assert!(closed.is_none(), "{id}: the session stays open");
+            assert!(
+                ours.contains(&go),
+                "{id}: Go's reply {} not among ours",
+                hex::encode(&go)
+            );
+        }
+    }
+
+    #[test]
+    fn where_we_differ_from_the_go_server_on_purpose() {
+        let all = vectors();
+        let get = |id: &str| all.iter().find(|v| v["id"] == id).unwrap();
+
+        // D-BADPACKET-MSG: same code and message; the parse error goes in
+        // `detail` instead of being glued onto the message.
+        let (ours, _) = serve(&bytes_of(get("bad_uri_escape"), "hex"));
+        let p = FastProto::default()
+            .decode(&mut BytesMut::from(&ours[0][..]))
+            .unwrap()
+            .unwrap();
+        let e = Rerror::from_meta(&p.meta).unwrap();
+        assert_eq!((e.code, e.message.as_str()), (400, "Bad Packet"));
+        assert!(e.detail.contains("%zz"), "{e}");
+
+        // gzip: our deflate bytes differ; the reply is the same packet.
+        let v = get("gzip_ok_crafted");
+        let (ours, _) = serve(&bytes_of(v, "hex"));
+        let go = bytes_of(&v["go_session"], "reply_hex");
+        let mut proto = FastProto::default();
+        let a = proto.decode(&mut BytesMut::from(&ours[0][..])).unwrap();
+        let b = proto.decode(&mut BytesMut::from(&go[..])).unwrap();
+        assert_eq!(a, b);
+
+        // D-UNKNOWN-CODEC-EMPTY: Go never answers; we answer in the default
+        // codec.
+        let (ours, closed) = serve(&bytes_of(get("unknown_codec_empty_body"), "hex"));
+        assert!(closed.is_none());
+        let p = proto
+            .decode(&mut BytesMut::from(&ours[0][..]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.seq.0, p.body_codec), (1, CodecId::JSON));
+    }
+
+    #[test]
+    fn session_level_rejects_close_the_session_as_go_does() {
+        let all = vectors();
+        let get = |id: &str| bytes_of(all.iter().find(|v| v["id"] == id).unwrap(), "hex");
+        // Q-UNKNOWN-PTYPE: closed, nothing sent.
+        for (id, t) in [("ptype_unknown", 9), ("ptype_zero", 0)] {
+            let (ours, closed) = serve(&get(id));
+            assert!(ours.is_empty(), "{id}");
+            assert_eq!(closed, Some(CloseReason::UnknownPacketType(t)), "{id}");
+        }
+        // A reply for a seq never sent: dropped, the session stays open.
+        let (ours, closed) = serve(&get("reply_unknown_seq"));
+        assert!(ours.is_empty() && closed.is_none());
+        // Framing errors close it with the typed error (no reply, as Go).
+        let (ours, closed) = serve(&get("wrong_proto_id"));
+        assert!(ours.is_empty());
+        assert!(matches!(
+            closed,
+            Some(CloseReason::Protocol(ProtoError::WrongProtoId { .. }))
+        ));
+    }
+}

@@ -207,7 +207,7 @@ pub enum CloseReason {
     PeerClosed,
     /// The peer sent bytes that are not a valid frame (or ended inside one).
     Protocol(ProtoError),
-    /// The peer sent a frame of an unknown type [ptype_unknown].
+    /// The peer sent a frame of an unknown type (vector `ptype_unknown`).
     UnknownPacketType(u8),
     /// The transport failed.
     Io(String),
@@ -853,7 +853,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         match p.ptype {
             PacketType::PULL => self.on_pull(now, p, result),
             PacketType::PUSH => self.on_push(now, p, result),
-            _ => self.on_reply(now, p, result),
+            _ => self.on_reply(now, p, result, len),
         }
     }
 
@@ -931,7 +931,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         }
     }
 
-    fn on_reply(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>) {
+    fn on_reply(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>, len: usize) {
         let seq = p.seq;
         let Some(pend) = self.pending.remove(&seq.0) else {
             self.stats.unmatched_replies += 1;
@@ -948,7 +948,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 Some(e) => Err(e),
                 None => Ok(p),
             });
-        self.resolve(now, seq, pend, result);
+        self.resolve(now, seq, pend, result, Some(len));
         self.check_drained(now);
     }
 
@@ -960,6 +960,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         seq: Seq,
         pend: Pending<T>,
         result: Result<Packet, Rerror>,
+        size: Option<usize>,
     ) {
         let elapsed = now.saturating_duration_since(pend.started);
         log::pull_done(
@@ -967,7 +968,8 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             self.id,
             seq,
             &pend.uri,
-            result.as_ref().err(),
+            &result,
+            size,
             elapsed,
         );
         let _ = self.hooks(now, None, |pl, ctx| {
@@ -1048,7 +1050,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             if let Some(pend) = self.pending.remove(&seq) {
                 self.stats.timeouts += 1;
                 let e = Rerror::timeout().with_detail(format!("no reply to {} in time", pend.uri));
-                self.resolve(now, Seq(seq), pend, Err(e));
+                self.resolve(now, Seq(seq), pend, Err(e), None);
             }
         }
         if let Some(idle) = self.shared.config.idle_timeout {
@@ -1134,7 +1136,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         let mut pending: Vec<_> = self.pending.drain().collect();
         pending.sort_unstable_by_key(|(seq, _)| *seq);
         for (seq, pend) in pending {
-            self.resolve(now, Seq(seq), pend, Err(err.clone()));
+            self.resolve(now, Seq(seq), pend, Err(err.clone()), None);
         }
         self.incoming.clear();
         self.finish(now, reason);

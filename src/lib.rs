@@ -12,18 +12,26 @@
 //! | `smol` | `smol` | smol (the same adapter as `async-std`) |
 //! | `mio` | [`mio`] | none: a blocking `mio::Poll` loop |
 //!
-//! ```no_run
+//! ```
+//! # #[cfg(feature = "tokio")]
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
 //! use teleport::tokio::{Peer, PeerBuilder, PeerConfig, PullCtx};
 //! use teleport::Rerror;
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut b = PeerBuilder::new(PeerConfig::default());
 //! b.pull("/echo", |_ctx: PullCtx, s: String| async move { Ok::<_, Rerror>(s) });
 //! let server = Peer::from_builder(b)?;
-//! let addr = server.bind().await?;
-//! let session = Peer::new(PeerConfig::default())?.dial(&addr.to_string()).await?;
+//! let addr = server.bind().await?; // the default: 127.0.0.1, port 0
+//! let client = Peer::new(PeerConfig::default())?;
+//! let session = client.dial(&addr.to_string()).await?;
 //! assert_eq!(session.pull::<_, String>("/echo", "hi").await?.value, "hi");
+//! client.shutdown(Duration::from_secs(1)).await;
+//! server.shutdown(Duration::from_secs(1)).await;
 //! # Ok(()) }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
 //! ```
 #![warn(missing_docs)]
 

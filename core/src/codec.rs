@@ -344,7 +344,7 @@ impl CodecRegistry {
     }
 
     /// Decodes a body. An empty body is never handed to the codec, so its id
-    /// is not even looked up (SPEC §5, [unknown_codec_empty_body]); the
+    /// is not even looked up (SPEC §5; vector `unknown_codec_empty_body`); the
     /// value is `T`'s zero value ([`DecodeBody::empty_body`]).
     pub fn decode<T: DecodeBody>(&self, id: CodecId, body: &[u8]) -> Result<T, CodecError> {
         if body.is_empty() {

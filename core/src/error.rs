@@ -75,7 +75,7 @@ pub enum ProtoError {
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum XferError {
-    /// No filter with this id is registered [unknown_xfer_id].
+    /// No filter with this id is registered (vector `unknown_xfer_id`).
     #[error("unsupported transfer filter id: {id}")]
     Unknown {
         /// The id found in the frame.
@@ -103,7 +103,7 @@ pub enum XferError {
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum CodecError {
-    /// No codec with this id is registered [unknown_codec_with_body].
+    /// No codec with this id is registered (vector `unknown_codec_with_body`).
     #[error("unsupported codec id: {id}")]
     UnknownId {
         /// The id.

@@ -21,7 +21,7 @@ impl fmt::Display for Seq {
 ///
 /// It is a newtype over the wire byte, not an enum, because the framing layer
 /// must carry unknown kinds through unchanged: rejecting them is the
-/// session's decision [ptype_unknown].
+/// session's decision (vector `ptype_unknown`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PacketType(pub u8);
 

@@ -33,8 +33,11 @@ impl Rerror {
     /// The meta key an error reply carries its JSON under.
     pub const META_KEY: &'static str = "X-Reply-Error";
 
-    /// Local: the connection went away while the pull was pending, or the
-    /// read side failed. Never sent.
+    /// Normally local: the connection went away while the pull was pending,
+    /// the read side failed, or the session was already closing or closed
+    /// when the pull was made. Also sent on the wire: a session that is
+    /// closing answers a pull that arrives from the peer with this code
+    /// (detail `session is closing`).
     pub const CODE_CONN_CLOSED: i32 = 102;
     /// Local: the pull could not be written. Never sent.
     pub const CODE_WRITE_FAILED: i32 = 104;

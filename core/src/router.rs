@@ -65,12 +65,14 @@ impl<H> Router<H> {
         Self::default()
     }
 
-    /// Registers a pull handler at `path`; replaces one already there.
+    /// Registers a pull handler at `path`; replaces one already there
+    /// (the route keeps its place in [`Router::routes`]).
     pub fn pull(&mut self, path: &str, handler: H) -> &mut Self {
         self.add(RouteKind::Pull, path.to_string(), handler)
     }
 
-    /// Registers a push handler at `path`; replaces one already there.
+    /// Registers a push handler at `path`; replaces one already there
+    /// (the route keeps its place in [`Router::routes`]).
     pub fn push(&mut self, path: &str, handler: H) -> &mut Self {
         self.add(RouteKind::Push, path.to_string(), handler)
     }
@@ -80,8 +82,11 @@ impl<H> Router<H> {
             RouteKind::Pull => &mut self.pulls,
             RouteKind::Push => &mut self.pushes,
         };
-        map.insert(path.clone().into_bytes(), handler);
-        self.registered.push((kind, path));
+        // A replaced route keeps its first place and is listed once, so
+        // plugins' `after_register` sees each path once.
+        if map.insert(path.clone().into_bytes(), handler).is_none() {
+            self.registered.push((kind, path));
+        }
         self
     }
 
@@ -189,8 +194,10 @@ impl<H> Group<'_, H> {
 /// Go teleport's route naming: `CamelCase` → `camel_case`; an upper-case
 /// run stays one word (`HTTPServer` → `http_server`); names that are
 /// already snake case (Rust methods) are unchanged; a Rust path such as
-/// `my_mod::Home` uses its last segment.
+/// `my_mod::Home` uses its last segment, and generic arguments are dropped
+/// first (`my_mod::Home<other::Bar>` → `home`).
 pub fn to_snake_case(name: &str) -> String {
+    let name = name.split('<').next().unwrap_or(name);
     let name = name.rsplit("::").next().unwrap_or(name);
     let chars: Vec<char> = name.chars().collect();
     let mut out = String::with_capacity(name.len() + 4);
@@ -217,7 +224,7 @@ pub fn to_snake_case(name: &str) -> String {
 
 /// Decodes the `%XX` escapes of a URI path for routing, as Go's `url.Parse`
 /// does; a `%` not followed by two hex digits is an error naming the bad
-/// escape (Go answers 400 `Bad Packet`, [bad_uri_escape]).
+/// escape (Go answers 400 `Bad Packet`; vector `bad_uri_escape`).
 pub fn decode_path(path: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     if !path.contains(&b'%') {
         return Ok(std::borrow::Cow::Borrowed(path));
@@ -268,6 +275,41 @@ mod tests {
         ] {
             assert_eq!(to_snake_case(from), to, "{from}");
         }
+    }
+
+    #[test]
+    fn snake_case_drops_generic_arguments() {
+        for (from, to) in [
+            ("my::Foo<other::Bar>", "foo"),
+            (
+                "my::MathService<other::Bar, std::vec::Vec<u8>>",
+                "math_service",
+            ),
+            ("Home<u8>", "home"),
+        ] {
+            assert_eq!(to_snake_case(from), to, "{from}");
+        }
+        struct Wrap<T>(T);
+        let name = std::any::type_name::<Wrap<std::string::String>>();
+        assert_eq!(to_snake_case(name), "wrap", "{name}");
+    }
+
+    #[test]
+    fn replacing_a_route_registers_it_once() {
+        let mut r = Router::new();
+        r.pull("/a", 1).push("/a", 2).pull("/b", 3);
+        r.pull("/a", 4).push("/a", 5);
+        assert_eq!(r.route_pull(b"/a"), Some(&4));
+        assert_eq!(r.route_push(b"/a"), Some(&5));
+        let routes: Vec<_> = r.routes().collect();
+        assert_eq!(
+            routes,
+            [
+                (RouteKind::Pull, "/a"),
+                (RouteKind::Push, "/a"),
+                (RouteKind::Pull, "/b"),
+            ]
+        );
     }
 
     #[test]

@@ -448,8 +448,7 @@ mod against_go_server {
         while let Some(ev) = s.poll_event() {
             match ev {
                 Event::Pull(p) => {
-                    let echo =
-                        Packet::default().with_body(p.reply_codec, p.packet.body.clone());
+                    let echo = Packet::default().with_body(p.reply_codec, p.packet.body.clone());
                     s.reply(now, p.seq, Ok(echo)).unwrap();
                 }
                 Event::Closed(reason) => closed = Some(reason),

@@ -111,7 +111,8 @@ impl PeerBuilder {
     }
 
     /// A controller: `value`'s methods become routes
-    /// `/<snake(type name)>/<method>`, as Go names them.
+    /// `/<snake(type name)>/<method>`, as Go names them (a generic type's
+    /// arguments are left out: `Cache<Db>` serves `/cache/...`).
     pub fn controller<C: Send + Sync + 'static>(&mut self, value: C) -> Controller<'_, C> {
         let prefix = format!("/{}", to_snake_case(std::any::type_name::<C>()));
         Controller {
@@ -243,5 +244,38 @@ impl<C: Send + Sync + 'static> Controller<'_, C> {
             .router
             .push(&path, push_handler(move |ctx, a| method(c.clone(), ctx, a)));
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use teleport_core::RouteKind;
+
+    struct Cache<T>(T);
+
+    impl<T: Send + Sync + 'static> Cache<T> {
+        async fn get(self: Arc<Self>, _ctx: PullCtx, _key: String) -> Result<String, Rerror> {
+            let _ = &self.0;
+            Ok(String::new())
+        }
+    }
+
+    #[test]
+    fn generic_controller_is_named_without_its_arguments() {
+        let mut b = PeerBuilder::new(PeerConfig::default());
+        b.controller(Cache(Vec::<std::string::String>::new()))
+            .pull("get", Cache::get);
+        b.group("/v1")
+            .controller(Cache(0u8))
+            .pull("get", Cache::get);
+        let routes: Vec<_> = b.router.routes().collect();
+        assert_eq!(
+            routes,
+            [
+                (RouteKind::Pull, "/cache/get"),
+                (RouteKind::Pull, "/v1/cache/get")
+            ]
+        );
     }
 }

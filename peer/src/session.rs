@@ -22,26 +22,31 @@ pub type Wake = Arc<dyn Fn() + Send + Sync>;
 pub enum Command {
     /// Send a pull; the reply goes to `tx`.
     Pull {
-        #[allow(missing_docs)]
+        /// The pull to send: URI, meta, codec, body and filters; the
+        /// session sets the type and a fresh seq.
         packet: Packet,
-        #[allow(missing_docs)]
+        /// How long to wait for the reply: `None` for the configured
+        /// default, `Duration::MAX` for no limit.
         timeout: Option<Duration>,
-        #[allow(missing_docs)]
+        /// Gets the reply packet, or the error the pull ended with (the
+        /// peer's, or a local one: refused, timed out, connection lost).
         tx: oneshot::Sender<Result<Packet, Rerror>>,
     },
     /// Send a push; whether it was queued goes to `tx`.
     Push {
-        #[allow(missing_docs)]
+        /// The push to send; the session sets the type and a fresh seq.
         packet: Packet,
-        #[allow(missing_docs)]
+        /// Gets `Ok(())` once the push is queued for writing, or the
+        /// error it was refused with.
         tx: oneshot::Sender<Result<(), Rerror>>,
     },
     /// Close gracefully by `deadline` (default: the close timeout);
     /// `done` fires when the session has ended.
     Close {
-        #[allow(missing_docs)]
+        /// When pending calls must be over; `None` for now plus the
+        /// configured close timeout.
         deadline: Option<Instant>,
-        #[allow(missing_docs)]
+        /// Fired once the session has ended, if someone waits for it.
         done: Option<oneshot::Sender<()>>,
     },
 }

@@ -4,7 +4,7 @@
 //! `smol::block_on`.
 //!
 //! ```sh
-//! cargo run -p teleport-async-std --features async-std,smol --example echo
+//! cargo run -p teleport-async-std --features async-std,smol --example async_std_echo
 //! ```
 
 use std::time::Duration;

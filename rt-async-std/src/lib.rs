@@ -15,9 +15,10 @@
 //! `Executor::AsyncStd` and the preset module `async_std`, feature `smol`
 //! adds `Executor::Smol` and `smol`; [`Executor::custom`] takes any other.
 //!
-//! ```no_run
+//! ```
 //! # #[cfg(feature = "smol")]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
 //! use teleport_core::Rerror;
 //! use teleport_async_std::{Executor, Peer, PeerBuilder, PeerConfig, PullCtx};
 //!
@@ -27,12 +28,15 @@
 //!         Ok::<_, Rerror>(format!("hello, {name}"))
 //!     });
 //!     let server = Peer::from_builder(server, Executor::Smol)?;
-//!     let addr = server.bind().await?;
+//!     let addr = server.bind().await?; // the default: 127.0.0.1, port 0
 //!
 //!     let client = Peer::new(PeerConfig::default(), Executor::Smol)?;
 //!     let session = client.dial(&addr.to_string()).await?;
 //!     let reply = session.pull::<_, String>("/hello", "teleport").await?;
 //!     assert_eq!(reply.value, "hello, teleport");
+//!
+//!     client.shutdown(Duration::from_secs(1)).await;
+//!     server.shutdown(Duration::from_secs(1)).await;
 //!     Ok(())
 //! })
 //! # }

@@ -6,7 +6,7 @@
 //! share this process; compare runs only with each other.
 //!
 //! ```text
-//! cargo run -p teleport-mio --release --example bench -- [-c 64] [-n 100000] [-w 0,2]
+//! cargo run -p teleport-mio --release --example mio_bench -- [-c 64] [-n 100000] [-w 0,2]
 //! ```
 
 #[path = "../../core/benches/support/bench_message.rs"]

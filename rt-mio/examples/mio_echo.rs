@@ -3,7 +3,7 @@
 //! back; the client pulls from a few threads at once, then both shut down.
 //!
 //! ```text
-//! cargo run -p teleport-mio --example echo
+//! cargo run -p teleport-mio --example mio_echo
 //! ```
 
 use std::sync::mpsc;

@@ -8,23 +8,29 @@
 //! runtime-independent peer by `teleport-peer`; this crate moves bytes,
 //! arms one timer per session and runs handlers.
 //!
-//! ```no_run
+//! ```
+//! use std::time::Duration;
 //! use teleport_core::Rerror;
 //! use teleport_tokio::{PeerBuilder, PeerConfig, PullCtx, Peer};
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut server = PeerBuilder::new(PeerConfig::default());
-//! server.pull("/hello", |_ctx: PullCtx, name: String| async move {
-//!     Ok::<_, Rerror>(format!("hello, {name}"))
-//! });
-//! let server = Peer::from_builder(server)?;
-//! let addr = server.bind().await?;
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let mut server = PeerBuilder::new(PeerConfig::default());
+//!     server.pull("/hello", |_ctx: PullCtx, name: String| async move {
+//!         Ok::<_, Rerror>(format!("hello, {name}"))
+//!     });
+//!     let server = Peer::from_builder(server)?;
+//!     let addr = server.bind().await?; // the default: 127.0.0.1, port 0
 //!
-//! let client = Peer::new(PeerConfig::default())?;
-//! let session = client.dial(&addr.to_string()).await?;
-//! let reply = session.pull::<_, String>("/hello", "teleport").await?;
-//! assert_eq!(reply.value, "hello, teleport");
-//! # Ok(()) }
+//!     let client = Peer::new(PeerConfig::default())?;
+//!     let session = client.dial(&addr.to_string()).await?;
+//!     let reply = session.pull::<_, String>("/hello", "teleport").await?;
+//!     assert_eq!(reply.value, "hello, teleport");
+//!
+//!     client.shutdown(Duration::from_secs(1)).await;
+//!     server.shutdown(Duration::from_secs(1)).await;
+//!     Ok(())
+//! }
 //! ```
 //!
 //! `unixpacket` is accepted in the config but not supported yet: it needs a

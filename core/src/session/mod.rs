@@ -14,52 +14,90 @@
 //!
 //! # Driving a session from a socket-shaped loop
 //!
+//! An adapter's loop, with a pretend socket (bytes in, bytes out, and an
+//! end of input) and a pretend clock, as every runtime adapter does it:
+//! wait for input or the deadline, feed the session, act on its events,
+//! write what it queued.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::{Duration, Instant};
 //! use bytes::BytesMut;
 //! use teleport_core::{
-//!     CodecId, Event, Packet, Role, Router, Seq, Session, Shared,
+//!     CloseReason, CodecId, Event, Packet, Rerror, Role, Router, Session, Shared,
 //! };
 //!
-//! // What the adapter would route to: here just a name.
+//! /// What the socket and the clock gave the loop this turn.
+//! enum Wake { Read(Vec<u8>), Eof, Timer }
+//!
+//! /// One turn of the loop: feed, handle events, write. Returns replies
+//! /// to our pulls (by token) and, once, why the session closed.
+//! fn turn(
+//!     s: &mut Session<&'static str, u32>,
+//!     now: Instant,
+//!     wake: Wake,
+//!     socket_out: &mut BytesMut,
+//!     replies: &mut Vec<(u32, Result<Packet, Rerror>)>,
+//! ) -> Option<CloseReason> {
+//!     match wake {
+//!         Wake::Read(bytes) => s.handle_input(now, &bytes),
+//!         Wake::Eof => s.handle_eof(now),
+//!         Wake::Timer => s.handle_timeout(now),
+//!     }
+//!     let mut closed = None;
+//!     while let Some(ev) = s.poll_event() {
+//!         match ev {
+//!             // A real adapter runs the routed handler (here a name).
+//!             Event::Pull(p) if p.handler == "echo" => {
+//!                 let echo = Packet::default().with_body(p.reply_codec, p.packet.body.clone());
+//!                 s.reply(now, p.seq, Ok(echo)).unwrap();
+//!             }
+//!             Event::Pull(_) | Event::Push(_) => {} // "/hold": never answered
+//!             Event::Reply { token, result, .. } => replies.push((token, result)),
+//!             Event::Closed(reason) => closed = Some(reason),
+//!         }
+//!     }
+//!     s.poll_transmit(socket_out); // one write for every queued frame
+//!     closed
+//! }
+//!
 //! let mut router = Router::new();
-//! router.pull("/echo", "echo");
+//! router.pull("/echo", "echo").pull("/hold", "hold");
 //! let shared = Arc::new(Shared::new(router));
 //! let t0 = Instant::now(); // the adapter reads the clock, never the core
-//!
-//! // Two sessions joined by in-memory "sockets".
 //! let mut client: Session<&str, u32> = Session::new(shared.clone(), Role::Dialer, 1, t0);
 //! let mut server: Session<&str, u32> = Session::new(shared, Role::Acceptor, 2, t0);
+//! let (mut c2s, mut s2c) = (BytesMut::new(), BytesMut::new());
+//! let (mut got, mut none) = (Vec::new(), Vec::new());
 //!
-//! let pull = Packet::default().with_body(CodecId::STRING, &b"hi"[..]);
-//! let mut pull = pull;
-//! pull.uri = "/echo".into();
-//! client.pull(t0, pull, Some(Duration::from_secs(5)), 7).unwrap();
+//! // Two pulls: one answered, one the server holds past its timeout.
+//! let mut pull = |uri: &str, token| {
+//!     let mut p = Packet::default().with_body(CodecId::STRING, &b"hi"[..]);
+//!     p.uri = uri.into();
+//!     client.pull(t0, p, Some(Duration::from_secs(1)), token).unwrap();
+//! };
+//! pull("/echo", 7);
+//! pull("/hold", 8);
+//! client.poll_transmit(&mut c2s);
 //!
-//! let mut wire = BytesMut::new();
-//! let mut answered = None;
-//! for _ in 0..4 {
-//!     // client -> server
-//!     client.poll_transmit(&mut wire);
-//!     server.handle_input(t0, &wire.split());
-//!     while let Some(ev) = server.poll_event() {
-//!         if let Event::Pull(p) = ev {
-//!             assert_eq!(p.handler, "echo"); // the router picked it
-//!             let body = p.packet.body.clone();
-//!             server.reply(t0, p.seq, Ok(Packet::default().with_body(CodecId::STRING, body))).unwrap();
-//!         }
-//!     }
-//!     // server -> client
-//!     server.poll_transmit(&mut wire);
-//!     client.handle_input(t0, &wire.split());
-//!     while let Some(ev) = client.poll_event() {
-//!         if let Event::Reply { token, result, .. } = ev {
-//!             answered = Some((token, result.unwrap().body));
-//!         }
-//!     }
-//! }
-//! assert_eq!(answered, Some((7, bytes::Bytes::from_static(b"hi"))));
+//! // The bytes arrive at the server; its replies arrive at the client.
+//! turn(&mut server, t0, Wake::Read(c2s.split().to_vec()), &mut s2c, &mut none);
+//! turn(&mut client, t0, Wake::Read(s2c.split().to_vec()), &mut c2s, &mut got);
+//! assert_eq!(got.len(), 1);
+//! assert_eq!(got[0].0, 7);
+//! assert_eq!(&got[0].1.as_ref().unwrap().body[..], b"hi");
+//!
+//! // The timer: the session names its next deadline; at it, the held
+//! // pull fails with 408.
+//! let deadline = client.poll_timeout().unwrap();
+//! assert_eq!(deadline, t0 + Duration::from_secs(1));
+//! turn(&mut client, deadline, Wake::Timer, &mut c2s, &mut got);
+//! assert_eq!((got[1].0, got[1].1.as_ref().unwrap_err().code), (8, Rerror::CODE_TIMEOUT));
+//!
+//! // The peer goes away: the session ends, once, saying why.
+//! let closed = turn(&mut client, deadline, Wake::Eof, &mut c2s, &mut got);
+//! assert_eq!(closed, Some(CloseReason::PeerClosed));
+//! assert!(client.is_closed() && client.poll_timeout().is_none());
 //! ```
 
 mod log;

@@ -213,12 +213,10 @@ impl Driver {
         now: Instant,
         spawn: &mut dyn FnMut(BoxFuture<Done>),
     ) {
-        let mut fut = call.start();
-        let waker = futures_util::task::noop_waker_ref();
-        match fut.as_mut().poll(&mut Context::from_waker(waker)) {
-            Poll::Ready(done) => finish_handler(core, done, now),
+        match call.run_now() {
+            Ok(done) => finish_handler(core, done, now),
             // Whoever runs it next polls it with a real waker.
-            Poll::Pending => spawn(fut),
+            Err(fut) => spawn(fut),
         }
     }
 
@@ -419,6 +417,62 @@ impl HandlerCall {
     /// The id of the session the call came on.
     pub fn session_id(&self) -> u64 {
         self.session
+    }
+
+    /// Calls the handler and polls its future once, right here: a handler
+    /// that does not wait (most) is done without another allocation. One
+    /// that waits comes back as a future to run elsewhere, wrapped like
+    /// [`HandlerCall::start`]'s. Panics are caught as there.
+    pub fn run_now(self) -> Result<Done, BoxFuture<Done>> {
+        let HandlerCall { seq, session, kind } = self;
+        let waker = futures_util::task::noop_waker_ref();
+        let mut cx = Context::from_waker(waker);
+        match kind {
+            CallKind::Refused(e) => Ok(seq.map(|s| (s, Err(e)))),
+            CallKind::Pull(seq, f, ctx) => {
+                let mut fut = match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
+                    Ok(fut) => fut,
+                    Err(panic) => return Ok(Some((seq, Err(logged(session, &*panic))))),
+                };
+                match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+                    Ok(Poll::Ready(r)) => Ok(Some((seq, r))),
+                    Ok(Poll::Pending) => Err(Box::pin(
+                        AssertUnwindSafe(fut.map(move |r| Some((seq, r))))
+                            .catch_unwind()
+                            .map(move |r| {
+                                r.unwrap_or_else(|panic| Some((seq, Err(logged(session, &*panic)))))
+                            }),
+                    )),
+                    Err(panic) => Ok(Some((seq, Err(logged(session, &*panic))))),
+                }
+            }
+            CallKind::Push(f, ctx) => {
+                let mut fut = match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
+                    Ok(fut) => fut,
+                    Err(panic) => {
+                        logged(session, &*panic);
+                        return Ok(None);
+                    }
+                };
+                match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+                    Ok(Poll::Ready(())) => Ok(None),
+                    Ok(Poll::Pending) => Err(Box::pin(
+                        AssertUnwindSafe(fut.map(|()| None))
+                            .catch_unwind()
+                            .map(move |r| {
+                                r.unwrap_or_else(|panic| {
+                                    logged(session, &*panic);
+                                    None
+                                })
+                            }),
+                    )),
+                    Err(panic) => {
+                        logged(session, &*panic);
+                        Ok(None)
+                    }
+                }
+            }
+        }
     }
 
     /// Calls the handler. A panic, in the call or in any poll of the

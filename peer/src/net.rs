@@ -49,6 +49,34 @@ pub fn fit_family(
     Ok(fit)
 }
 
+/// How many connections may wait to be accepted. A burst of dials (a
+/// thousand clients connecting at once) overflows a small queue, and each
+/// dropped handshake costs its client a one-second retry.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking TCP listener on the first of `addrs` that binds, with
+/// `SO_REUSEADDR` (a restarted server takes its port back at once, as Go's
+/// does) and a [`LISTEN_BACKLOG`] accept queue.
+pub fn bind_tcp(addrs: &[SocketAddr]) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let mut last = None;
+    for addr in addrs {
+        let bound = Socket::new(Domain::for_address(*addr), Type::STREAM, None).and_then(|sock| {
+            #[cfg(unix)]
+            sock.set_reuse_address(true)?;
+            sock.bind(&(*addr).into())?;
+            sock.listen(LISTEN_BACKLOG)?;
+            sock.set_nonblocking(true)?;
+            Ok(sock)
+        });
+        match bound {
+            Ok(sock) => return Ok(sock.into()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no address to bind")))
+}
+
 /// Sets the configured socket buffer sizes, and `TCP_NODELAY` on a TCP
 /// socket (replies are small and latency matters more than packing).
 pub fn tune_socket(sock: socket2::SockRef<'_>, cfg: &PeerConfig, tcp: bool) -> io::Result<()> {

@@ -71,14 +71,9 @@ impl Listener {
     pub(crate) async fn bind(cfg: &PeerConfig) -> io::Result<Listener> {
         match cfg.network {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
-                let mut last = None;
-                for a in resolve(cfg.network, &cfg.listen_address).await? {
-                    match Async::<TcpListener>::bind(a) {
-                        Ok(l) => return Ok(Listener::Tcp(l)),
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(last.unwrap_or_else(|| io::Error::other("no address to bind")))
+                let addrs = resolve(cfg.network, &cfg.listen_address).await?;
+                let l = teleport_peer::net::bind_tcp(&addrs)?;
+                Ok(Listener::Tcp(Async::new(l)?))
             }
             #[cfg(unix)]
             Network::Unix => {

@@ -10,9 +10,6 @@ use mio::{Interest, Registry, Token};
 use teleport_peer::net::{clear_stale_unix_socket, fit_family, tune_socket, unsupported_network};
 use teleport_peer::{Network, PeerAddr, PeerConfig};
 
-/// Pending connections a listener queues (the kernel may cap it lower).
-const BACKLOG: i32 = 1024;
-
 /// A connected, non-blocking stream of either kind.
 #[derive(Debug)]
 pub(crate) enum Stream {
@@ -136,32 +133,14 @@ delegate_source!(Listener, Tcp, Unix);
 #[cfg(not(unix))]
 delegate_source!(Listener, Tcp);
 
-fn bind_tcp(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    // A restarted server can take its port back at once (as tokio's and
-    // Go's listeners do).
-    #[cfg(unix)]
-    sock.set_reuse_address(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(BACKLOG)?;
-    sock.set_nonblocking(true)?;
-    Ok(mio::net::TcpListener::from_std(sock.into()))
-}
-
 impl Listener {
     /// Binds the configured listen address.
     pub(crate) fn bind(cfg: &PeerConfig) -> io::Result<Listener> {
         match cfg.network {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
-                let mut last = None;
-                for a in resolve(cfg.network, &cfg.listen_address)? {
-                    match bind_tcp(a) {
-                        Ok(l) => return Ok(Listener::Tcp(l)),
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(last.unwrap_or_else(|| io::Error::other("no address to bind")))
+                let addrs = resolve(cfg.network, &cfg.listen_address)?;
+                let l = teleport_peer::net::bind_tcp(&addrs)?;
+                Ok(Listener::Tcp(mio::net::TcpListener::from_std(l)))
             }
             #[cfg(unix)]
             Network::Unix => {

@@ -5,7 +5,9 @@
 use std::io;
 use std::net::SocketAddr;
 
-use teleport_peer::net::{clear_stale_unix_socket, fit_family, tune_socket, unsupported_network};
+use teleport_peer::net::{
+    bind_tcp, clear_stale_unix_socket, fit_family, tune_socket, unsupported_network,
+};
 use teleport_peer::{Network, PeerAddr, PeerConfig};
 use tokio::net::{TcpListener, TcpStream};
 #[cfg(unix)]
@@ -69,7 +71,7 @@ impl Listener {
         match cfg.network {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
                 let addrs = resolve(cfg.network, &cfg.listen_address).await?;
-                Ok(Listener::Tcp(TcpListener::bind(&addrs[..]).await?))
+                Ok(Listener::Tcp(TcpListener::from_std(bind_tcp(&addrs)?)?))
             }
             #[cfg(unix)]
             Network::Unix => {

@@ -36,6 +36,10 @@ pub const MAX_REDIAL_WAIT: Duration = Duration::from_secs(5);
 /// flush its last bytes before it is cancelled.
 pub const FLUSH_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a closing session may take to flush its last bytes before
+/// its connection is dropped.
+pub const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
 /// Most commands taken in one turn, so one busy handle cannot starve the
 /// socket.
 pub const BUDGET: usize = 256;

@@ -27,7 +27,7 @@ pub use builder::{Controller, Group, PeerBuilder};
 pub use config::{Network, PeerConfig};
 pub use driver::{
     finish_handler, panicked, refuse, CoreSession, Done, Driver, HandlerCall, Token, BUDGET,
-    FLUSH_GRACE, MAX_REDIAL_WAIT,
+    FINAL_FLUSH, FLUSH_GRACE, MAX_REDIAL_WAIT,
 };
 pub use handler::{
     pull_handler, push_handler, BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied,

@@ -49,6 +49,21 @@ pub fn fit_family(
     Ok(fit)
 }
 
+thread_local! {
+    /// One read buffer per thread, not per connection: an idle connection
+    /// holds no read buffer at all.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// The size of the per-thread read buffer (one read's worth).
+pub const READ_CHUNK: usize = 64 << 10;
+
+/// Runs `f` with this thread's read buffer. Adapters read a socket into
+/// it and hand the bytes to the session, which copies only what it keeps.
+pub fn with_read_buf<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUF.with_borrow_mut(|buf| f(buf))
+}
+
 /// How many connections may wait to be accepted. A burst of dials (a
 /// thousand clients connecting at once) overflows a small queue, and each
 /// dropped handshake costs its client a one-second retry.

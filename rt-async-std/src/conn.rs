@@ -8,35 +8,25 @@
 //! is ready is handled in that one turn; the task sleeps only when none
 //! is. Everything else is the shared [`Driver`]'s.
 
-use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_io::Timer;
 use bytes::{Buf, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use teleport_core::CloseReason;
-use teleport_peer::{finish_handler, BoxFuture, Command, Done, Driver, BUDGET};
+use teleport_peer::{finish_handler, BoxFuture, Command, Done, Driver, BUDGET, FINAL_FLUSH};
 
 use crate::net::Stream;
-
-/// How long a closing session may take to flush its last bytes.
-const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// Turns in a row that found work before the task yields to its executor:
 /// async-io's sockets never say `Pending` while they have data, so a
 /// flooded connection would otherwise keep its thread forever.
 const YIELD_AFTER: u32 = 32;
-
-thread_local! {
-    /// One read buffer per worker thread, not per connection: an idle
-    /// connection holds no read buffer at all.
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 << 10]);
-}
 
 /// Runs the session over `stream`, re-dialing as configured, until it is
 /// closed for good.
@@ -183,9 +173,9 @@ impl Conn {
         }
 
         if core.wants_input() {
-            let read = READ_BUF.with_borrow_mut(|buf| {
+            let read = teleport_peer::net::with_read_buf(|buf| {
                 let r = Pin::new(&mut &*io).poll_read(cx, buf);
-                // Fed straight from the worker's buffer: no copy.
+                // From the thread's buffer into the session's: one copy.
                 if let Poll::Ready(r) = r {
                     let now = Instant::now();
                     match r {

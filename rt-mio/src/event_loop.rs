@@ -22,7 +22,7 @@ use slab::Slab;
 use teleport_core::{CloseReason, Rerror, Role};
 use teleport_peer::{
     finish_handler, refuse, Abort, BoxFuture, Command, CoreSession, Done, Driver, PeerConfig,
-    PeerCore, Session, Wake,
+    PeerCore, Session, Wake, FINAL_FLUSH,
 };
 
 use crate::exec::{self, Home, Pool, Task};
@@ -37,8 +37,6 @@ const READ_BUDGET: usize = 16;
 const READ_CHUNK: usize = 64 << 10;
 /// Connections accepted per listener per turn.
 const ACCEPT_BUDGET: usize = 128;
-/// How long a closing session may take to flush its last bytes.
-const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Wait after an accept error (out of descriptors, say): do not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 

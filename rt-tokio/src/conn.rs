@@ -6,29 +6,19 @@
 //! is pending, or the core's deadline. Everything else is the shared
 //! [`Driver`]'s.
 
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use teleport_core::CloseReason;
-use teleport_peer::{finish_handler, Done, Driver, BUDGET};
+use teleport_peer::{finish_handler, Done, Driver, BUDGET, FINAL_FLUSH};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::task::JoinSet;
 
 use crate::net::Stream;
-
-/// How long a closing session may take to flush its last bytes.
-const FINAL_FLUSH: Duration = Duration::from_secs(2);
-
-thread_local! {
-    /// One read buffer per worker thread, not per connection: an idle
-    /// connection holds no read buffer at all.
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 << 10]);
-}
 
 /// Runs the session over `stream`, re-dialing as configured, until it is
 /// closed for good.
@@ -171,7 +161,7 @@ fn poll_read_into<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     dst: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    READ_BUF.with_borrow_mut(|buf| {
+    teleport_peer::net::with_read_buf(|buf| {
         let mut rb = ReadBuf::new(buf);
         match Pin::new(rd).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => {

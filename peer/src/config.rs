@@ -82,6 +82,10 @@ pub struct PeerConfig {
     pub close_timeout: Duration,
     /// Most of our pulls awaiting replies on one session.
     pub max_pending_pulls: usize,
+    /// Most of the peer's pulls being handled at once on one session; over
+    /// it the session stops reading until a handler finishes (backpressure
+    /// that reaches the peer through TCP).
+    pub max_incoming_pulls: usize,
     /// Most bytes queued for writing on one session.
     pub max_queued_bytes: usize,
 }
@@ -106,6 +110,7 @@ impl Default for PeerConfig {
             frame_timeout: None,
             close_timeout: s.close_timeout,
             max_pending_pulls: s.max_pending_pulls,
+            max_incoming_pulls: s.max_incoming_pulls,
             max_queued_bytes: s.max_queued_bytes,
         }
     }
@@ -121,6 +126,7 @@ impl PeerConfig {
         Ok(SessionConfig {
             default_timeout: self.default_pull_timeout,
             max_pending_pulls: self.max_pending_pulls,
+            max_incoming_pulls: self.max_incoming_pulls,
             max_queued_bytes: self.max_queued_bytes,
             idle_timeout: self.default_session_idle_timeout,
             frame_timeout: self.frame_timeout,
@@ -132,5 +138,32 @@ impl PeerConfig {
             read_limit: self.read_limit,
             ..SessionConfig::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_reaches_the_session_settings() {
+        let cfg: PeerConfig = toml::from_str(
+            r#"
+            max_incoming_pulls = 7
+            max_pending_pulls = 8
+            frame_timeout = "3s"
+            default_body_codec = "string"
+            "#,
+        )
+        .unwrap();
+        let s = cfg.session_config(&CodecRegistry::default()).unwrap();
+        assert_eq!((s.max_incoming_pulls, s.max_pending_pulls), (7, 8));
+        assert_eq!(s.frame_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(s.default_codec, CodecId::STRING);
+        let bad = PeerConfig {
+            default_body_codec: "nope".into(),
+            ..PeerConfig::default()
+        };
+        assert!(bad.session_config(&CodecRegistry::default()).is_err());
     }
 }

@@ -756,6 +756,7 @@ fn config_loads_from_toml_and_yaml() {
         assert!(cfg.print_body);
         assert!(cfg.count_time);
         assert_eq!(cfg.max_pending_pulls, 100);
+        assert_eq!(cfg.max_incoming_pulls, 50);
         assert_eq!(cfg.read_buffer_size, Some(65536));
     };
 
@@ -775,6 +776,7 @@ fn config_loads_from_toml_and_yaml() {
         print_body = true
         count_time = true
         max_pending_pulls = 100
+        max_incoming_pulls = 50
         read_buffer_size = 65536
         "#,
     )
@@ -797,6 +799,7 @@ default_body_codec: protobuf
 print_body: true
 count_time: true
 max_pending_pulls: 100
+max_incoming_pulls: 50
 read_buffer_size: 65536
 "#,
     )

@@ -136,7 +136,6 @@ impl PeerConfig {
             print_body: self.print_body,
             default_codec,
             read_limit: self.read_limit,
-            ..SessionConfig::default()
         })
     }
 }

@@ -18,7 +18,7 @@ use teleport_tokio::{Peer, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use common::{configs, guard, test_logs, Transport};
+use common::{configs, dial_addr, guard, test_logs, Transport};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Point {
@@ -150,13 +150,6 @@ struct Setup {
     server_pushes: mpsc::UnboundedReceiver<(String, String)>,
     client_pushes: mpsc::UnboundedReceiver<(String, String)>,
     _path: Option<common::SockPath>,
-}
-
-fn dial_addr(addr: &PeerAddr) -> String {
-    match addr {
-        PeerAddr::Tcp(a) => a.to_string(),
-        PeerAddr::Unix(p) => p.clone(),
-    }
 }
 
 async fn setup(t: Transport, tag: &str) -> Setup {

@@ -2,8 +2,6 @@
 
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use teleport_core::Rerror;
@@ -176,31 +174,4 @@ pub fn retry_bind(mut bind: impl FnMut() -> io::Result<Server>) -> Server {
     panic!("rebind: the address stayed in use");
 }
 
-/// A unix socket path in the temp dir, removed on drop.
-pub struct SockPath(PathBuf);
-
-impl SockPath {
-    pub fn new(tag: &str) -> SockPath {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let tag: String = tag
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(24)
-            .collect();
-        let path =
-            std::env::temp_dir().join(format!("tp-conf-{}-{n}-{tag}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        SockPath(path)
-    }
-
-    pub fn as_str(&self) -> &str {
-        self.0.to_str().expect("temp dir path is UTF-8")
-    }
-}
-
-impl Drop for SockPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+pub use teleport_testkit::SockPath;

@@ -3,12 +3,10 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_io::Timer;
-use teleport_async_std::{Executor, Network, PeerAddr, PeerConfig};
+use teleport_async_std::Executor;
 use tokio::sync::oneshot;
 
 /// Makes a `#[test]` per executor of each `async fn name(exec: Executor)`
@@ -64,83 +62,6 @@ where
     rx
 }
 
-/// A unix socket path in the temp dir, unique in this process and across
-/// concurrent test processes; the file is removed on drop.
-pub struct SockPath(pub PathBuf);
-
-impl SockPath {
-    pub fn new(tag: &str) -> SockPath {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "tp-as-{}-{n}-{nanos}-{tag}.sock",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&path);
-        SockPath(path)
-    }
-
-    pub fn as_str(&self) -> &str {
-        self.0.to_str().expect("temp dir path is UTF-8")
-    }
-}
-
-impl Drop for SockPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// The two transports the tests run over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    Unix,
-}
-
-/// Configs for a server and its clients over `t`; the path guard (unix)
-/// must outlive the test.
-pub fn configs(t: Transport, tag: &str) -> (PeerConfig, PeerConfig, Option<SockPath>) {
-    match t {
-        Transport::Tcp => (
-            PeerConfig {
-                listen_address: "127.0.0.1:0".into(),
-                ..PeerConfig::default()
-            },
-            PeerConfig::default(),
-            None,
-        ),
-        Transport::Unix => {
-            let path = SockPath::new(tag);
-            (
-                PeerConfig {
-                    network: Network::Unix,
-                    listen_address: path.as_str().to_string(),
-                    ..PeerConfig::default()
-                },
-                PeerConfig {
-                    network: Network::Unix,
-                    ..PeerConfig::default()
-                },
-                Some(path),
-            )
-        }
-    }
-}
-
-pub fn dial_addr(addr: &PeerAddr) -> String {
-    addr.dial_string()
-}
-
-/// Warnings and errors to the test output (shown for failing tests).
-pub fn test_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .try_init();
-}
+// Each test binary uses a different subset.
+#[allow(unused_imports)]
+pub use teleport_testkit::{configs, dial_addr, test_logs, SockPath, Transport};

@@ -37,11 +37,16 @@ pub enum RouteKind {
     Push,
 }
 
+/// Paths to handlers. The keys are the application's own routes and a
+/// lookup never inserts, so a peer's paths cannot crowd a bucket: a fast
+/// unkeyed hash is safe here.
+type Routes<H> = HashMap<Vec<u8>, H, rustc_hash::FxBuildHasher>;
+
 /// URI paths to handlers.
 #[derive(Clone)]
 pub struct Router<H> {
-    pulls: HashMap<Vec<u8>, H>,
-    pushes: HashMap<Vec<u8>, H>,
+    pulls: Routes<H>,
+    pushes: Routes<H>,
     unknown_pull: Option<H>,
     unknown_push: Option<H>,
     registered: Vec<(RouteKind, String)>,
@@ -50,8 +55,8 @@ pub struct Router<H> {
 impl<H> Default for Router<H> {
     fn default() -> Self {
         Router {
-            pulls: HashMap::new(),
-            pushes: HashMap::new(),
+            pulls: Routes::default(),
+            pushes: Routes::default(),
             unknown_pull: None,
             unknown_push: None,
             registered: Vec::new(),

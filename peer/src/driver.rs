@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::handler::{BoxFuture, Handler, PullCtx, PullFn, PushCtx, PushFn};
 use crate::registry::PeerCore;
-use crate::session::{Command, Session};
+use crate::session::{Command, DirectPath, Session};
 
 /// What a pull's caller waits on.
 pub type Token = oneshot::Sender<Result<Packet, Rerror>>;
@@ -107,21 +107,16 @@ impl Driver {
         core
     }
 
+    /// Lets the session's handles carry out their pulls and pushes
+    /// themselves when they can (see [`DirectPath`]). Once per session;
+    /// later calls are ignored.
+    pub fn set_direct_path(&self, direct: Arc<dyn DirectPath>) {
+        let _ = self.session.0.direct.set(direct);
+    }
+
     /// Carries out one command.
     pub fn on_command(&mut self, core: &mut CoreSession, cmd: Command, now: Instant) {
         match cmd {
-            Command::Pull {
-                packet,
-                timeout,
-                tx,
-            } => {
-                if let Err((e, tx)) = core.pull(now, packet, timeout, tx) {
-                    let _ = tx.send(Err(e));
-                }
-            }
-            Command::Push { packet, tx } => {
-                let _ = tx.send(core.push(now, packet).map(drop));
-            }
             Command::Close { deadline, done } => {
                 self.close_requested = true;
                 self.close_waiters.extend(done);
@@ -130,22 +125,25 @@ impl Driver {
                     None => core.close(now),
                 }
             }
+            call => {
+                let _ = carry_out_call(core, call, now);
+            }
         }
     }
 
-    /// Carries out every queued command, up to [`BUDGET`]; whether any was.
-    pub fn take_commands(&mut self, core: &mut CoreSession, now: Instant) -> bool {
-        let mut any = false;
-        for _ in 0..BUDGET {
+    /// Carries out every queued command, up to [`BUDGET`]; how many were.
+    pub fn take_commands(&mut self, core: &mut CoreSession, now: Instant) -> usize {
+        let mut taken = 0;
+        while taken < BUDGET {
             match self.cmd_rx.try_recv() {
                 Ok(c) => {
-                    any = true;
+                    taken += 1;
                     self.on_command(core, c, now);
                 }
                 Err(_) => break,
             }
         }
-        any
+        taken
     }
 
     /// Drains the core's events: replies go to their callers, handlers
@@ -543,6 +541,30 @@ pub fn panicked(panic: &(dyn std::any::Any + Send)) -> Rerror {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic".into());
     Rerror::internal(format!("handler panicked: {msg}"))
+}
+
+/// Carries out a pull or push on `core`: the caller hears of a refusal
+/// at once, of a push as soon as it is queued. A close is given back.
+// The command comes back whole, to be queued instead; boxing it would
+// cost every call an allocation.
+#[allow(clippy::result_large_err)]
+pub fn carry_out_call(core: &mut CoreSession, cmd: Command, now: Instant) -> Result<(), Command> {
+    match cmd {
+        Command::Pull {
+            packet,
+            timeout,
+            tx,
+        } => {
+            if let Err((e, tx)) = core.pull(now, packet, timeout, tx) {
+                let _ = tx.send(Err(e));
+            }
+        }
+        Command::Push { packet, tx } => {
+            let _ = tx.send(core.push(now, packet).map(drop));
+        }
+        close @ Command::Close { .. } => return Err(close),
+    }
+    Ok(())
 }
 
 /// Answers a command that will not be carried out.

@@ -114,6 +114,8 @@ impl PeerCore {
             local,
             shared: self.shared.clone(),
             wake,
+            direct: std::sync::OnceLock::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
         }));
         (session, rx)
     }

@@ -1,6 +1,7 @@
 //! The session handle user code holds.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +17,29 @@ use crate::handler::Handler;
 /// Called after a command is queued, for an owner that waits on something
 /// other than the channel (a poll loop's waker).
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// A way for a handle to carry out a pull or push itself, on the caller's
+/// thread, instead of queueing it for the connection's owner: one task
+/// hop fewer per call. An adapter installs one with
+/// [`crate::Driver::set_direct_path`].
+///
+/// The owner stays the one that reads, runs handlers and waits on
+/// timers; the direct path only ever *tries*: when the connection is busy
+/// (its owner holds it), down (re-dialing) or closing, it gives the
+/// command back and the handle queues it as usual. So per-caller order is
+/// kept: a caller's next call starts only after its previous one was
+/// carried out, whichever way that went.
+pub trait DirectPath: Send + Sync {
+    /// Carries out `cmd` (a [`Command::Pull`] or [`Command::Push`]) now,
+    /// or gives it back untouched (to be queued: boxing it instead would
+    /// cost every call an allocation).
+    #[allow(clippy::result_large_err)]
+    fn try_command(&self, cmd: Command) -> Result<(), Command>;
+
+    /// A command went to the channel instead: the owner should take it.
+    /// (So an owner with a direct path need not wait on the channel too.)
+    fn queued(&self);
+}
 
 /// What a handle asks of the connection task that owns the session.
 #[derive(Debug)]
@@ -58,6 +82,10 @@ pub(crate) struct SessionInner {
     pub(crate) local: PeerAddr,
     pub(crate) shared: Arc<Shared<Handler>>,
     pub(crate) wake: Option<Wake>,
+    /// Set by the adapter, once; see [`DirectPath`].
+    pub(crate) direct: OnceLock<Arc<dyn DirectPath>>,
+    /// A close was asked for: calls go to the owner, behind the close.
+    pub(crate) closing: AtomicBool,
 }
 
 /// A handle to one session: cheap to clone, `Send + Sync`. Pulls from many
@@ -182,11 +210,27 @@ impl Session {
         self.0.cmd.is_closed()
     }
 
-    fn send(&self, cmd: Command) -> Result<(), Rerror> {
+    fn send(&self, mut cmd: Command) -> Result<(), Rerror> {
+        match &cmd {
+            Command::Close { .. } => self.0.closing.store(true, Ordering::Release),
+            _ => {
+                if let Some(direct) = self.0.direct.get() {
+                    if !self.0.closing.load(Ordering::Acquire) {
+                        match direct.try_command(cmd) {
+                            Ok(()) => return Ok(()),
+                            Err(back) => cmd = back,
+                        }
+                    }
+                }
+            }
+        }
         self.0
             .cmd
             .send(cmd)
             .map_err(|_| Rerror::conn_closed().with_detail("session is closed"))?;
+        if let Some(direct) = self.0.direct.get() {
+            direct.queued();
+        }
         if let Some(wake) = &self.0.wake {
             wake();
         }

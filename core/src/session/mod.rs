@@ -897,10 +897,21 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
 
     fn on_pull(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>) {
         let seq = p.seq;
-        if self.incoming.contains_key(&seq.0) {
-            tracing::warn!(session = self.id, %seq, uri = %p.uri,
-                "pull reuses the seq of a pull still being handled; dropped");
-            return;
+        // Registered first, in one lookup: whatever happens next, the
+        // pull gets exactly one reply.
+        match self.incoming.entry(seq.0) {
+            Entry::Occupied(_) => {
+                tracing::warn!(session = self.id, %seq, uri = %p.uri,
+                    "pull reuses the seq of a pull still being handled; dropped");
+                return;
+            }
+            Entry::Vacant(v) => {
+                v.insert(Incoming {
+                    uri: p.uri.clone(),
+                    xfer: p.xfer.clone(),
+                    started: now,
+                });
+            }
         }
         let routed = header.and_then(|()| {
             if let State::Closing { .. } = self.state {
@@ -917,14 +928,6 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             self.hooks(now, None, |pl, ctx| pl.after_read_body(ctx, &mut p))
                 .map(|_| h)
         });
-        self.incoming.insert(
-            seq.0,
-            Incoming {
-                uri: p.uri.clone(),
-                xfer: p.xfer.clone(),
-                started: now,
-            },
-        );
         match routed {
             Ok(handler) => {
                 let reply_codec = if self.shared.codecs.get(p.body_codec).is_ok() {
@@ -1146,6 +1149,16 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             self.tx.clear();
         }
         n
+    }
+
+    /// Whether [`Session::poll_event`] has something to give.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Whether encoded bytes wait for [`Session::poll_transmit`].
+    pub fn has_transmit(&self) -> bool {
+        !self.tx.is_empty()
     }
 
     /// The next event, in the order they happened.

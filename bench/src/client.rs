@@ -26,7 +26,7 @@ use teleport_core::Protobuf;
 
 use crate::args::Args;
 use crate::procfs::cpu_time;
-use crate::systems::{self, BlockingCaller, Caller, FloorCaller, MioCaller, SocketCaller};
+use crate::systems::{self, Caller, FloorCaller, SocketCaller};
 use crate::BenchmarkMessage;
 
 /// What one client saw.
@@ -96,11 +96,13 @@ async fn one_client<C: Caller>(
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The executor the async clients run on: the same runtime as the server
-/// of the system under test.
+/// of the system under test; for mio, which has none, a pool of one
+/// thread per CPU polling the sessions' async handles.
 enum Exec {
     Tokio(tokio::runtime::Runtime),
     AsyncStd,
     Smol,
+    Pool(futures_executor::ThreadPool),
 }
 
 impl Exec {
@@ -109,6 +111,7 @@ impl Exec {
             Exec::Tokio(rt) => rt.block_on(f),
             Exec::AsyncStd => async_std::task::block_on(f),
             Exec::Smol => smol::block_on(f),
+            Exec::Pool(_) => futures_executor::block_on(f),
         }
     }
 
@@ -123,6 +126,10 @@ impl Exec {
             }
             Exec::AsyncStd => Box::pin(async_std::task::spawn(f)),
             Exec::Smol => Box::pin(smol::spawn(f)),
+            Exec::Pool(pool) => {
+                use futures_util::task::SpawnExt;
+                Box::pin(pool.spawn_with_handle(f).expect("pool task"))
+            }
         }
     }
 }
@@ -154,67 +161,6 @@ where
             clients,
         }
     })
-}
-
-/// Runs `c` blocking clients, one thread each (256 KiB stacks).
-fn run_threads<C, F>(a: &Args, connect: F) -> Measured
-where
-    C: BlockingCaller,
-    F: Fn() -> io::Result<C> + Send + Sync + 'static,
-{
-    let (c, n, warmup) = (a.clients, a.calls, a.warmup);
-    let connect = Arc::new(connect);
-    let ready = Arc::new(std::sync::Barrier::new(c + 1));
-    let t0 = Instant::now();
-    let threads: Vec<_> = (0..c)
-        .map(|i| {
-            let (connect, ready) = (connect.clone(), ready.clone());
-            let calls = share(n, c, i);
-            std::thread::Builder::new()
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    let mut caller = connect().inspect_err(|e| connect_failed(e)).ok();
-                    if let Some(c) = caller.as_mut() {
-                        for _ in 0..warmup {
-                            c.call();
-                        }
-                    }
-                    ready.wait();
-                    let mut pc = PerClient {
-                        ok: 0,
-                        failed: 0,
-                        lat_ns: Vec::with_capacity(calls),
-                    };
-                    let Some(mut c) = caller else {
-                        pc.failed = calls as u64;
-                        return pc;
-                    };
-                    for _ in 0..calls {
-                        let t = Instant::now();
-                        let good = c.call();
-                        pc.lat_ns.push(t.elapsed().as_nanos() as u64);
-                        if good {
-                            pc.ok += 1;
-                        } else {
-                            pc.failed += 1;
-                        }
-                    }
-                    pc
-                })
-                .expect("client thread")
-        })
-        .collect();
-    ready.wait();
-    let t1 = Instant::now();
-    let clients = threads
-        .into_iter()
-        .map(|t| t.join().expect("client thread"))
-        .collect();
-    Measured {
-        wall: t0.elapsed(),
-        steady: t1.elapsed(),
-        clients,
-    }
 }
 
 fn measure(a: &Args) -> Measured {
@@ -256,13 +202,24 @@ fn measure(a: &Args) -> Measured {
             })
         }
         "mio" => {
+            // The mio adapter's calls block, so its blocking handle would
+            // need a thread per connection; its sessions' async handles
+            // (`Session::inner`) run on any executor: a small pool here.
+            let pool = futures_executor::ThreadPool::builder()
+                .pool_size(std::thread::available_parallelism().map_or(2, |n| n.get()))
+                .name_prefix("client-")
+                .create()
+                .expect("client pool");
             let peer = teleport_mio::Peer::new(systems::peer_config("")).expect("peer");
-            run_threads(a, move || {
-                let session = peer.dial(&addr).map_err(io::Error::other)?;
-                Ok(MioCaller {
-                    session,
-                    msg: pmsg.clone(),
-                })
+            run_async(&Exec::Pool(pool), a, || {
+                let (peer, addr, msg) = (peer.clone(), addr.clone(), pmsg.clone());
+                async move {
+                    let session = peer.dial(&addr).map_err(io::Error::other)?;
+                    Ok(systems::TeleportCaller {
+                        session: session.into_inner(),
+                        msg,
+                    })
+                }
             })
         }
         other => unreachable!("system {other}"),

@@ -30,11 +30,6 @@ pub trait Caller: Send + 'static {
     fn call(&mut self) -> impl Future<Output = bool> + Send;
 }
 
-/// The same for blocking clients (one thread per connection).
-pub trait BlockingCaller: Send + 'static {
-    fn call(&mut self) -> bool;
-}
-
 /// A tokio listener with a deep accept backlog (the kernel caps it at
 /// `net.core.somaxconn`), so thousands of simultaneous dials are not
 /// throttled by dropped SYNs. For the floor and the socket layer; the
@@ -286,7 +281,8 @@ pub fn sync_server(listen: &str) -> PeerBuilder {
     b
 }
 
-/// A teleport session of an async peer (tokio, async-std or smol).
+/// A teleport session's async handle (tokio, async-std, smol, or a mio
+/// peer's `Session::inner`).
 pub struct TeleportCaller {
     pub session: teleport_peer::Session,
     pub msg: Arc<Protobuf<BenchmarkMessage>>,
@@ -299,22 +295,6 @@ impl Caller for TeleportCaller {
             .codec(CodecId::PROTOBUF)
             .pull::<_, Protobuf<BenchmarkMessage>>(&*self.msg)
             .await
-            .is_ok_and(|r| reply_ok(&r.value.0))
-    }
-}
-
-/// A teleport session of a mio peer (blocking calls).
-pub struct MioCaller {
-    pub session: teleport_mio::Session,
-    pub msg: Arc<Protobuf<BenchmarkMessage>>,
-}
-
-impl BlockingCaller for MioCaller {
-    fn call(&mut self) -> bool {
-        self.session
-            .call(ROUTE)
-            .codec(CodecId::PROTOBUF)
-            .pull::<_, Protobuf<BenchmarkMessage>>(&*self.msg)
             .is_ok_and(|r| reply_ok(&r.value.0))
     }
 }

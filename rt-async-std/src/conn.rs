@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use async_io::Timer;
+use async_io::{Async, Timer};
 use bytes::{Buf, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -62,11 +62,15 @@ struct Conn {
     timer: Timer,
     armed: Option<Instant>,
     commands_open: bool,
+    /// The last read took all the socket had: wait for the reactor to say
+    /// more came before reading again. (async-io's `poll_read` tries the
+    /// read first, so without this every turn would cost a failed read.)
+    drained: bool,
 }
 
-async fn run_conn<S>(driver: &mut Driver, io: &S, backlog: &mut Vec<Command>) -> CloseReason
+async fn run_conn<S>(driver: &mut Driver, io: &Async<S>, backlog: &mut Vec<Command>) -> CloseReason
 where
-    for<'a> &'a S: AsyncRead + AsyncWrite,
+    for<'a> &'a Async<S>: AsyncRead + AsyncWrite,
 {
     let id = driver.session().id();
     let mut c = Conn {
@@ -76,6 +80,7 @@ where
         timer: Timer::never(),
         armed: None,
         commands_open: true,
+        drained: false,
     };
     let mut busy_turns = 0u32;
     loop {
@@ -136,9 +141,9 @@ impl Conn {
     /// Polls every source once, in a fixed order, and handles what is
     /// ready; `Pending` (with every source's waker registered) if nothing
     /// was.
-    fn turn<S>(&mut self, driver: &mut Driver, io: &S, cx: &mut Context<'_>) -> Poll<()>
+    fn turn<S>(&mut self, driver: &mut Driver, io: &Async<S>, cx: &mut Context<'_>) -> Poll<()>
     where
-        for<'a> &'a S: AsyncRead + AsyncWrite,
+        for<'a> &'a Async<S>: AsyncRead + AsyncWrite,
     {
         let mut progress = false;
         let core = &mut self.core;
@@ -173,21 +178,42 @@ impl Conn {
         }
 
         if core.wants_input() {
-            let read = teleport_peer::net::with_read_buf(|buf| {
-                let r = Pin::new(&mut &*io).poll_read(cx, buf);
-                // From the thread's buffer into the session's: one copy.
-                if let Poll::Ready(r) = r {
+            let readable = if self.drained {
+                match io.poll_readable(cx) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(e)) => {
+                        core.handle_io_error(Instant::now(), &e);
+                        progress = true;
+                        false
+                    }
+                    Poll::Pending => false,
+                }
+            } else {
+                true
+            };
+            if readable {
+                let drained = &mut self.drained;
+                let read = teleport_peer::net::with_read_buf(|buf| {
+                    let r = Pin::new(&mut &*io).poll_read(cx, buf);
+                    // From the thread's buffer into the session's: one copy.
+                    let Poll::Ready(r) = r else {
+                        // The reactor is watching for more.
+                        *drained = true;
+                        return false;
+                    };
                     let now = Instant::now();
                     match r {
                         Ok(0) => core.handle_eof(now),
-                        Ok(n) => core.handle_input(now, &buf[..n]),
+                        Ok(n) => {
+                            *drained = n < buf.len();
+                            core.handle_input(now, &buf[..n]);
+                        }
                         Err(e) => core.handle_io_error(now, &e),
                     }
-                    return true;
-                }
-                false
-            });
-            progress |= read;
+                    true
+                });
+                progress |= read;
+            }
         }
 
         if self.wbuf.is_empty() {

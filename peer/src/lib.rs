@@ -10,12 +10,15 @@
 //!   channels that work on any executor.
 //! - [`Driver`]: what a connection's owner does besides waiting.
 //! - [`PeerCore`]: the session registry and graceful shutdown.
+//! - [`direct`]: the connection shared by its owner and the session's
+//!   callers, so a caller writes its own calls.
 //! - [`net`]: socket details that are the same on every runtime.
 #![warn(missing_docs)]
 
 mod addr;
 mod builder;
 mod config;
+pub mod direct;
 mod driver;
 mod handler;
 pub mod net;

@@ -9,16 +9,17 @@
 //! is. Everything else is the shared [`Driver`]'s.
 
 use std::future::{poll_fn, Future};
-use std::io;
+use std::io::{self, Write};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use async_io::{Async, Timer};
-use bytes::{Buf, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use teleport_core::CloseReason;
+use teleport_peer::direct::{Live, SharedConn, Signal, TryWrite, Turn};
 use teleport_peer::{finish_handler, BoxFuture, Command, Done, Driver, BUDGET, FINAL_FLUSH};
 
 use crate::net::Stream;
@@ -28,24 +29,68 @@ use crate::net::Stream;
 /// flooded connection would otherwise keep its thread forever.
 const YIELD_AFTER: u32 = 32;
 
+/// The writing side the session's callers share: the socket itself
+/// (`Async` sockets are non-blocking, so a plain write never waits).
+enum Wr {
+    Tcp(Arc<Async<std::net::TcpStream>>),
+    #[cfg(unix)]
+    Unix(Arc<Async<std::os::unix::net::UnixStream>>),
+}
+
+impl TryWrite for Wr {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Wr::Tcp(s) => s.get_ref().write(buf),
+            #[cfg(unix)]
+            Wr::Unix(s) => s.get_ref().write(buf),
+        }
+    }
+}
+
+/// The connection as the task and the session's callers share it.
+type Conn = SharedConn<Wr>;
+
 /// Runs the session over `stream`, re-dialing as configured, until it is
 /// closed for good.
 pub(crate) async fn run(driver: Driver, stream: Stream) {
     let cfg = driver.peer().config().clone();
+    let signal = Arc::new(Signal::default());
+    let conn = Arc::new(Conn::new({
+        let signal = signal.clone();
+        move || signal.raise()
+    }));
+    driver.set_direct_path(conn.clone());
+    // Each connection comes with the shared state to install it in.
+    let shared = (conn, signal);
+    let redial = shared.clone();
     driver
         .run(
-            stream,
+            (stream, shared),
             // Each arm drops its socket before any redial.
-            async |driver: &mut Driver, s: Stream, backlog: &mut Vec<teleport_peer::Command>| {
+            async |driver: &mut Driver,
+                   (s, (conn, signal)): (Stream, (Arc<Conn>, Arc<Signal>)),
+                   backlog: &mut Vec<Command>| {
                 match s {
-                    Stream::Tcp(t) => run_conn(driver, &t, backlog).await,
+                    Stream::Tcp(t) => {
+                        let t = Arc::new(t);
+                        let wr = Wr::Tcp(t.clone());
+                        run_conn(driver, &conn, &signal, t, wr, backlog).await
+                    }
                     #[cfg(unix)]
-                    Stream::Unix(u) => run_conn(driver, &u, backlog).await,
+                    Stream::Unix(u) => {
+                        let u = Arc::new(u);
+                        let wr = Wr::Unix(u.clone());
+                        run_conn(driver, &conn, &signal, u, wr, backlog).await
+                    }
                 }
             },
-            |a| {
+            move |a| {
                 let cfg = cfg.clone();
-                async move { crate::net::connect(&cfg, &a).await.map(|(s, _, _)| s) }
+                let shared = redial.clone();
+                async move {
+                    let (s, _, _) = crate::net::connect(&cfg, &a).await?;
+                    Ok((s, shared))
+                }
             },
             |d| async move {
                 Timer::after(d).await;
@@ -54,75 +99,90 @@ pub(crate) async fn run(driver: Driver, stream: Stream) {
         .await;
 }
 
-/// The connection's state besides the driver and the socket.
-struct Conn {
-    core: teleport_peer::CoreSession,
-    wbuf: BytesMut,
+/// What the task waits on besides the shared connection.
+struct Waits {
     tasks: FuturesUnordered<BoxFuture<Done>>,
     timer: Timer,
     armed: Option<Instant>,
-    commands_open: bool,
     /// The last read took all the socket had: wait for the reactor to say
     /// more came before reading again. (async-io's `poll_read` tries the
     /// read first, so without this every turn would cost a failed read.)
     drained: bool,
 }
 
-async fn run_conn<S>(driver: &mut Driver, io: &Async<S>, backlog: &mut Vec<Command>) -> CloseReason
+async fn run_conn<S>(
+    driver: &mut Driver,
+    conn: &Conn,
+    signal: &Signal,
+    io: Arc<Async<S>>,
+    wr: Wr,
+    backlog: &mut Vec<Command>,
+) -> CloseReason
 where
     for<'a> &'a Async<S>: AsyncRead + AsyncWrite,
 {
     let id = driver.session().id();
-    let mut c = Conn {
-        core: driver.open(Instant::now(), backlog),
-        wbuf: BytesMut::new(),
+    let mut now = Instant::now();
+    conn.open(Live::new(driver.open(now, backlog), wr));
+    let mut w = Waits {
         tasks: FuturesUnordered::new(),
         timer: Timer::never(),
         armed: None,
-        commands_open: true,
         drained: false,
     };
     let mut busy_turns = 0u32;
     loop {
-        let tasks = &c.tasks;
-        let closed = driver.drain_events(&mut c.core, Instant::now(), &mut |fut| {
-            tasks.push(fut);
+        let tasks = &w.tasks;
+        let turn = conn.turn(now, |core| {
+            driver.drain_events(core, now, &mut |fut| {
+                tasks.push(fut);
+            })
         });
-        if let Some(reason) = closed {
-            c.core.poll_transmit(&mut c.wbuf);
-            let flush = async {
-                let mut w = io;
-                w.write_all(&c.wbuf).await?;
-                w.close().await
-            };
-            let timeout = async {
-                Timer::after(FINAL_FLUSH).await;
-                Err(io::Error::from(io::ErrorKind::TimedOut))
-            };
-            if let Err(e) = futures_lite::future::or(flush, timeout).await {
-                tracing::debug!(session = id, error = %e, "could not flush the last bytes");
+        let (deadline, wants_input, wants_write) = match turn {
+            Turn::Wait {
+                deadline,
+                wants_input,
+                wants_write,
+            } => (deadline, wants_input, wants_write),
+            Turn::Again => continue,
+            Turn::Closed(reason, live) => {
+                if let Some(live) = live {
+                    let mut live = *live;
+                    live.core.poll_transmit(&mut live.wbuf);
+                    let flush = async {
+                        let mut s = &*io;
+                        s.write_all(&live.wbuf).await?;
+                        s.close().await
+                    };
+                    let timeout = async {
+                        Timer::after(FINAL_FLUSH).await;
+                        Err(io::Error::from(io::ErrorKind::TimedOut))
+                    };
+                    if let Err(e) = futures_lite::future::or(flush, timeout).await {
+                        tracing::debug!(session = id, error = %e, "could not flush the last bytes");
+                    }
+                }
+                if !w.tasks.is_empty() {
+                    tracing::warn!(
+                        session = id,
+                        handlers = w.tasks.len(),
+                        "handlers still running at close are cancelled"
+                    );
+                }
+                tracing::info!(session = id, ?reason, "session closed");
+                return reason;
             }
-            if !c.tasks.is_empty() {
-                tracing::warn!(
-                    session = id,
-                    handlers = c.tasks.len(),
-                    "handlers still running at close are cancelled"
-                );
-            }
-            tracing::info!(session = id, ?reason, "session closed");
-            return reason;
-        }
-        let deadline = c.core.poll_timeout();
-        if deadline != c.armed {
-            c.armed = deadline;
+        };
+        if deadline != w.armed {
+            w.armed = deadline;
             if let Some(d) = deadline {
-                c.timer.set_at(d);
+                w.timer.set_at(d);
             }
         }
         let mut polls = 0u32;
-        poll_fn(|cx| {
+        now = poll_fn(|cx| {
             polls += 1;
-            c.turn(driver, io, cx)
+            w.poll(driver, conn, signal, &io, wants_input, wants_write, cx)
         })
         .await;
         if polls > 1 {
@@ -137,53 +197,52 @@ where
     }
 }
 
-impl Conn {
+impl Waits {
     /// Polls every source once, in a fixed order, and handles what is
     /// ready; `Pending` (with every source's waker registered) if nothing
-    /// was.
-    fn turn<S>(&mut self, driver: &mut Driver, io: &Async<S>, cx: &mut Context<'_>) -> Poll<()>
+    /// was, else ready with when.
+    #[allow(clippy::too_many_arguments)]
+    fn poll<S>(
+        &mut self,
+        driver: &mut Driver,
+        conn: &Conn,
+        signal: &Signal,
+        io: &Async<S>,
+        wants_input: bool,
+        wants_write: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Instant>
     where
         for<'a> &'a Async<S>: AsyncRead + AsyncWrite,
     {
-        let mut progress = false;
-        let core = &mut self.core;
+        let mut now = None;
+        let mut at = || *now.get_or_insert_with(Instant::now);
 
-        if self.commands_open {
-            match driver.commands().poll_recv(cx) {
-                Poll::Ready(Some(cmd)) => {
-                    let now = Instant::now();
-                    driver.on_command(core, cmd, now);
-                    driver.take_commands(core, now);
-                    progress = true;
-                }
-                Poll::Ready(None) => {
-                    self.commands_open = false;
-                    core.close(Instant::now());
-                    progress = true;
-                }
-                Poll::Pending => {}
+        if signal.poll_raised(cx).is_ready() {
+            let t = at();
+            if conn.with_core(|core| driver.take_commands(core, t)) == Some(BUDGET) {
+                // More may wait: come back next turn.
+                signal.raise();
             }
         }
 
-        let mut now = None;
         for _ in 0..BUDGET {
             match self.tasks.poll_next_unpin(cx) {
                 Poll::Ready(Some(done)) => {
-                    let now = *now.get_or_insert_with(Instant::now);
-                    finish_handler(core, done, now);
-                    progress = true;
+                    let t = at();
+                    conn.with_core(|core| finish_handler(core, done, t));
                 }
                 Poll::Ready(None) | Poll::Pending => break,
             }
         }
 
-        if core.wants_input() {
+        if wants_input {
             let readable = if self.drained {
                 match io.poll_readable(cx) {
                     Poll::Ready(Ok(())) => true,
                     Poll::Ready(Err(e)) => {
-                        core.handle_io_error(Instant::now(), &e);
-                        progress = true;
+                        let t = at();
+                        conn.with_core(|core| core.handle_io_error(t, &e));
                         false
                     }
                     Poll::Pending => false,
@@ -193,47 +252,34 @@ impl Conn {
             };
             if readable {
                 let drained = &mut self.drained;
-                let read = teleport_peer::net::with_read_buf(|buf| {
-                    let r = Pin::new(&mut &*io).poll_read(cx, buf);
-                    // From the thread's buffer into the session's: one copy.
-                    let Poll::Ready(r) = r else {
+                teleport_peer::net::with_read_buf(|buf| {
+                    let Poll::Ready(r) = Pin::new(&mut &*io).poll_read(cx, buf) else {
                         // The reactor is watching for more.
                         *drained = true;
-                        return false;
+                        return;
                     };
-                    let now = Instant::now();
-                    match r {
-                        Ok(0) => core.handle_eof(now),
+                    let t = at();
+                    // From the thread's buffer into the session's: one copy.
+                    conn.with_core(|core| match r {
+                        Ok(0) => core.handle_eof(t),
                         Ok(n) => {
                             *drained = n < buf.len();
-                            core.handle_input(now, &buf[..n]);
+                            core.handle_input(t, &buf[..n]);
                         }
-                        Err(e) => core.handle_io_error(now, &e),
-                    }
-                    true
+                        Err(e) => core.handle_io_error(t, &e),
+                    });
                 });
-                progress |= read;
             }
         }
 
-        if self.wbuf.is_empty() {
-            // What this turn's commands and handlers queued goes out now.
-            core.poll_transmit(&mut self.wbuf);
-        }
-        if !self.wbuf.is_empty() {
-            match Pin::new(&mut &*io).poll_write(cx, &self.wbuf) {
-                Poll::Ready(Ok(0)) => {
-                    let e = io::Error::from(io::ErrorKind::WriteZero);
-                    core.handle_io_error(Instant::now(), &e);
-                    progress = true;
-                }
-                Poll::Ready(Ok(n)) => {
-                    self.wbuf.advance(n);
-                    progress = true;
+        if wants_write {
+            match io.poll_writable(cx) {
+                Poll::Ready(Ok(())) => {
+                    at();
                 }
                 Poll::Ready(Err(e)) => {
-                    core.handle_io_error(Instant::now(), &e);
-                    progress = true;
+                    let t = at();
+                    conn.with_core(|core| core.handle_io_error(t, &e));
                 }
                 Poll::Pending => {}
             }
@@ -241,14 +287,13 @@ impl Conn {
 
         if self.armed.is_some() && Pin::new(&mut self.timer).poll(cx).is_ready() {
             self.armed = None;
-            core.handle_timeout(Instant::now());
-            progress = true;
+            let t = at();
+            conn.with_core(|core| core.handle_timeout(t));
         }
 
-        if progress {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        match now {
+            Some(t) => Poll::Ready(t),
+            None => Poll::Pending,
         }
     }
 }

@@ -233,7 +233,11 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str) {
         // The timed-out pull's handler finishes; its late reply is dropped.
         probe.slow.add_permits(1);
         concurrency(name, s).await;
+        callers_write_their_own_calls(name, s).await;
+        probe.slow.add_permits(2);
     });
+    queue_limit_holds(name, net, client_rt);
+    refused_after_close(name, &client, &addr);
     hostile(name, net, &server, &client, s);
     let old_id = session.id();
     graceful_shutdown(name, &server, &client, s, &probe, &mut started_rx);
@@ -375,6 +379,131 @@ async fn concurrency(name: &str, s: &Session) {
     for (body, r) in guard(name, join_all(calls)).await {
         assert_eq!(r.unwrap_or_else(|e| panic!("{name}: {e}")).value, body);
     }
+}
+
+/// Calls a caller writes itself, with no hop to the connection's owner
+/// (when the connection is free), behave as queued ones: a deadline
+/// earlier than the one the owner waits for fires, and bodies larger than
+/// the socket takes at once arrive whole. (Leaves two `/slow` handlers
+/// waiting.)
+async fn callers_write_their_own_calls(name: &str, s: &Session) {
+    // The owner waits for this pull's hour-long deadline (the echo's round
+    // trip lets it take that in) ...
+    let long = s
+        .call("/slow")
+        .timeout(Duration::from_secs(3600))
+        .pull::<_, ()>(&());
+    let then_short = async {
+        let r = s.pull::<_, String>("/echo/string", "first").await;
+        assert_eq!(r.unwrap_or_else(|e| panic!("{name}: {e}")).value, "first");
+        // ... when the idle session's next pull asks for an earlier one.
+        s.call("/slow")
+            .timeout(Duration::from_millis(100))
+            .pull::<_, ()>(&())
+            .await
+    };
+    match guard(
+        name,
+        select(std::pin::pin!(long), std::pin::pin!(then_short)),
+    )
+    .await
+    {
+        Either::Right((r, _)) => {
+            let e = r.expect_err("no reply comes in time");
+            assert_eq!(e.code, Rerror::CODE_TIMEOUT, "{name}: {e}");
+        }
+        Either::Left((r, _)) => panic!("{name}: the hour-long pull ended first: {r:?}"),
+    }
+
+    // Raw strings: the test is the transport, not JSON on 8 MiB.
+    let body = "z".repeat(8 << 20);
+    let r = guard(
+        name,
+        s.call("/echo/string")
+            .codec(CodecId::STRING)
+            .pull::<_, String>(&body),
+    )
+    .await;
+    assert!(
+        r.unwrap_or_else(|e| panic!("{name}: {e}")).value == body,
+        "{name}: the 8 MiB echo is the body sent"
+    );
+    let calls = (0..4u8).map(|i| async move {
+        let body = char::from(b'a' + i).to_string().repeat(1 << 20);
+        let r = s
+            .call("/echo/string")
+            .codec(CodecId::STRING)
+            .pull::<_, String>(&body)
+            .await;
+        (body, r)
+    });
+    for (body, r) in guard(name, join_all(calls)).await {
+        assert!(
+            r.unwrap_or_else(|e| panic!("{name}: {e}")).value == body,
+            "{name}: a 1 MiB echo is its body"
+        );
+    }
+}
+
+/// Pushes to a peer that does not read are refused (503) once
+/// `max_queued_bytes` wait, rather than piling up without end.
+fn queue_limit_holds(name: &str, net: Net, client_rt: Rt) {
+    if net != Net::Tcp {
+        return;
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let addr = l.local_addr().expect("address").to_string();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        // Accepts, never reads, and keeps the connection until told.
+        let conn = l.accept();
+        let _ = stop_rx.recv_timeout(GUARD);
+        drop(conn);
+    });
+    let client = client_rt.client(PeerBuilder::new(PeerConfig {
+        max_queued_bytes: 1 << 20,
+        ..PeerConfig::default()
+    }));
+    let s = client
+        .dial(&addr)
+        .unwrap_or_else(|e| panic!("{name}: dial the silent peer: {e}"));
+    let body = "x".repeat(256 << 10);
+    let refused = client.block_on(async {
+        // The kernel's buffers take some megabytes, then the session's
+        // queue fills up to the limit.
+        for _ in 0..512 {
+            if let Err(e) = guard(name, s.push("/sink", &body)).await {
+                return Some(e);
+            }
+        }
+        None
+    });
+    let e = refused.unwrap_or_else(|| panic!("{name}: 128 MiB of pushes, none refused"));
+    assert_eq!(e.code, Rerror::CODE_BACKPRESSURE, "{name}: {e}");
+    let _ = stop_tx.send(());
+    holder.join().expect("holder thread");
+    client.shutdown();
+}
+
+/// Once a close is asked for, new calls are refused (102) and the session
+/// ends.
+fn refused_after_close(name: &str, client: &crate::runtimes::Client, addr: &str) {
+    let s = client
+        .dial(addr)
+        .unwrap_or_else(|e| panic!("{name}: second dial: {e}"));
+    client.block_on(async {
+        let r = guard(name, s.pull::<_, String>("/echo/string", "before")).await;
+        assert_eq!(r.unwrap_or_else(|e| panic!("{name}: {e}")).value, "before");
+        s.close_by(std::time::Instant::now() + Duration::from_secs(5));
+        let e = guard(name, s.pull::<_, String>("/echo/string", "after"))
+            .await
+            .expect_err("a pull after close_by");
+        assert_eq!(e.code, Rerror::CODE_CONN_CLOSED, "{name}: {e}");
+        let e = guard(name, s.push("/server/sink", "after"))
+            .await
+            .expect_err("a push after close_by");
+        assert_eq!(e.code, Rerror::CODE_CONN_CLOSED, "{name}: {e}");
+    });
 }
 
 /// A client that sends garbage is cut off while a good one goes on.

@@ -1,0 +1,257 @@
+//! A connection its owner and the session's callers share, so that a
+//! caller can encode and write its own pull or push (see [`DirectPath`])
+//! instead of handing it to the owner: one hop fewer per call.
+//!
+//! The core session, the writing side of the socket and the bytes not yet
+//! written sit behind one mutex ([`SharedConn`]) that nobody holds across
+//! an `.await` or a blocking wait. The owner (a connection task, a poll
+//! loop) takes it to read, run handlers, fire timers and carry out queued
+//! commands. A caller takes it only with `try_lock`: when the owner holds
+//! it, or there is no connection (re-dialing), or the session is closing,
+//! the command goes through the channel as before. A caller wakes the
+//! owner only when it left it something to do: bytes the socket would not
+//! take, events, an earlier deadline, a changed wish to read.
+//!
+//! The runtime-specific parts stay in the adapters: how the owner waits
+//! (readable, writable, a timer, the wake-up), and [`TryWrite`] for their
+//! socket types.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use futures_util::task::AtomicWaker;
+use teleport_core::{CloseReason, State};
+
+use crate::driver::{carry_out_call, CoreSession};
+use crate::session::{Command, DirectPath};
+
+/// A socket's writing side, written without waiting.
+pub trait TryWrite: Send + Sync {
+    /// Writes what the socket takes now; `WouldBlock` when it takes
+    /// nothing.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl<W: TryWrite + ?Sized> TryWrite for Arc<W> {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        (**self).try_write(buf)
+    }
+}
+
+/// One connection's state, shared by its owner and the session's callers.
+pub struct Live<W> {
+    /// The core session.
+    pub core: CoreSession,
+    /// The socket's writing side.
+    pub wr: W,
+    /// Encoded bytes the socket has not taken yet, in order.
+    pub wbuf: BytesMut,
+    /// A write failed where the owner was not; [`SharedConn::turn`] ends
+    /// the session with it.
+    pub write_error: Option<io::Error>,
+    /// The deadline the owner waits for, as of its last turn.
+    armed: Option<Instant>,
+    /// Whether the owner waits for input, as of its last turn.
+    wants_input: bool,
+}
+
+impl<W: TryWrite> Live<W> {
+    /// The state of a new connection over `wr`.
+    pub fn new(core: CoreSession, wr: W) -> Self {
+        Live {
+            core,
+            wr,
+            wbuf: BytesMut::new(),
+            write_error: None,
+            armed: None,
+            wants_input: true,
+        }
+    }
+
+    /// Writes what the socket takes without waiting: first what waits,
+    /// then the core's output. That is taken only once the previous batch
+    /// is out (swapping buffers, no copy), so what the socket will not
+    /// take piles up in the core, where `max_queued_bytes` bounds it.
+    pub fn flush(&mut self) {
+        while self.write_error.is_none() {
+            if self.wbuf.is_empty() {
+                if !self.core.has_transmit() {
+                    break;
+                }
+                self.core.poll_transmit(&mut self.wbuf);
+            }
+            match self.wr.try_write(&self.wbuf) {
+                Ok(0) => self.write_error = Some(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.write_error = Some(e),
+            }
+        }
+    }
+
+    /// Whether the owner must look again after a caller's call: something
+    /// to write once the socket has room, a failed write, events, a
+    /// deadline earlier than the one it waits for, or a changed wish to
+    /// read.
+    fn owner_must_look(&self) -> bool {
+        let earlier = match (self.core.poll_timeout(), self.armed) {
+            (Some(new), Some(armed)) => new < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        !self.wbuf.is_empty()
+            || self.write_error.is_some()
+            || self.core.has_events()
+            || earlier
+            || self.core.wants_input() != self.wants_input
+    }
+}
+
+/// What the owner does after [`SharedConn::turn`].
+pub enum Turn<W> {
+    /// Wait for these, besides the wake-up, handlers and the adapter's own.
+    Wait {
+        /// Call `handle_timeout` at this instant.
+        deadline: Option<Instant>,
+        /// Wait for the socket to be readable.
+        wants_input: bool,
+        /// Wait for the socket to be writable (bytes wait in `wbuf`).
+        wants_write: bool,
+    },
+    /// A write failed: turn again (the session closes).
+    Again,
+    /// The session closed. The connection is taken away from callers and
+    /// handed back, to flush its last bytes (`None` if it was gone).
+    Closed(CloseReason, Option<Box<Live<W>>>),
+}
+
+/// A session's connection, as its owner and its callers share it: the
+/// session's [`DirectPath`]. `None` inside while there is no connection.
+pub struct SharedConn<W> {
+    live: Mutex<Option<Live<W>>>,
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+impl<W: TryWrite> SharedConn<W> {
+    /// No connection yet; `wake` tells the owner to take a turn.
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Self {
+        SharedConn {
+            live: Mutex::new(None),
+            wake: Box::new(wake),
+        }
+    }
+
+    /// The shared state, for the owner (never held across a wait).
+    pub fn lock(&self) -> MutexGuard<'_, Option<Live<W>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a connection: callers may use it from now on.
+    pub fn open(&self, live: Live<W>) {
+        *self.lock() = Some(live);
+        // Commands queued while there was none are taken at once.
+        (self.wake)();
+    }
+
+    /// The owner's work between two waits, under the lock: `drain`
+    /// delivers the core's events (replies to callers, handlers started),
+    /// output is written, and what to wait for is noted where callers see
+    /// it.
+    pub fn turn(
+        &self,
+        now: Instant,
+        drain: impl FnOnce(&mut CoreSession) -> Option<CloseReason>,
+    ) -> Turn<W> {
+        let mut guard = self.lock();
+        let Some(live) = guard.as_mut() else {
+            // Only the owner takes the connection away, and stops then.
+            return Turn::Closed(CloseReason::Local, None);
+        };
+        if let Some(e) = live.write_error.take() {
+            live.core.handle_io_error(now, &e);
+        }
+        if let Some(reason) = drain(&mut live.core) {
+            return Turn::Closed(reason, guard.take().map(Box::new));
+        }
+        live.flush();
+        if live.write_error.is_some() {
+            return Turn::Again;
+        }
+        live.armed = live.core.poll_timeout();
+        live.wants_input = live.core.wants_input();
+        Turn::Wait {
+            deadline: live.armed,
+            wants_input: live.wants_input,
+            wants_write: !live.wbuf.is_empty(),
+        }
+    }
+
+    /// Runs `f` on the core, if there is a connection.
+    pub fn with_core<R>(&self, f: impl FnOnce(&mut CoreSession) -> R) -> Option<R> {
+        self.lock().as_mut().map(|live| f(&mut live.core))
+    }
+}
+
+impl<W: TryWrite> DirectPath for SharedConn<W> {
+    fn queued(&self) {
+        (self.wake)();
+    }
+
+    fn try_command(&self, cmd: Command) -> Result<(), Command> {
+        let mut guard = match self.live.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return Err(cmd),
+        };
+        let Some(live) = guard.as_mut() else {
+            return Err(cmd);
+        };
+        // A closing session answers calls as its owner does (a peer's
+        // shutdown or `Session::close` also turns this path off).
+        if live.core.state() != State::Open {
+            return Err(cmd);
+        }
+        carry_out_call(&mut live.core, cmd, Instant::now())?;
+        live.flush();
+        let look = live.owner_must_look();
+        drop(guard);
+        if look {
+            (self.wake)();
+        }
+        Ok(())
+    }
+}
+
+/// A wake-up for one waiting task, cheap to wait on in every turn of a
+/// loop (a `Notify` queues each waiter under a lock).
+#[derive(Default)]
+pub struct Signal {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    /// Wakes the task, or makes its next poll ready.
+    pub fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once raised since the last time it was.
+    pub fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.raised.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Raised between the check and the registration: not lost.
+        if self.raised.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}

@@ -94,6 +94,14 @@ impl<W: TryWrite> Live<W> {
         }
     }
 
+    /// Notes, where callers see it, what the owner waits for now: the
+    /// core's deadline and whether it wants input. Returns the deadline.
+    pub fn note_waits(&mut self) -> Option<Instant> {
+        self.armed = self.core.poll_timeout();
+        self.wants_input = self.core.wants_input();
+        self.armed
+    }
+
     /// Whether the owner must look again after a caller's call: something
     /// to write once the socket has room, a failed write, events, a
     /// deadline earlier than the one it waits for, or a changed wish to
@@ -182,10 +190,8 @@ impl<W: TryWrite> SharedConn<W> {
         if live.write_error.is_some() {
             return Turn::Again;
         }
-        live.armed = live.core.poll_timeout();
-        live.wants_input = live.core.wants_input();
         Turn::Wait {
-            deadline: live.armed,
+            deadline: live.note_waits(),
             wants_input: live.wants_input,
             wants_write: !live.wbuf.is_empty(),
         }

@@ -13,8 +13,8 @@
 //! take, events, an earlier deadline, a changed wish to read.
 //!
 //! The runtime-specific parts stay in the adapters: how the owner waits
-//! (readable, writable, a timer, the wake-up), and [`TryWrite`] for their
-//! socket types.
+//! (readable, writable, a timer, and [`SharedConn::poll_woken`]), and
+//! [`TryWrite`] for their socket types.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,16 +142,35 @@ pub enum Turn<W> {
 /// session's [`DirectPath`]. `None` inside while there is no connection.
 pub struct SharedConn<W> {
     live: Mutex<Option<Live<W>>>,
-    wake: Box<dyn Fn() + Send + Sync>,
+    /// Raised when the owner should take a turn (in the same allocation
+    /// as the state, as the owner looks at both on every wake-up).
+    signal: Signal,
+}
+
+impl<W: TryWrite> Default for SharedConn<W> {
+    fn default() -> Self {
+        SharedConn {
+            live: Mutex::new(None),
+            signal: Signal::default(),
+        }
+    }
 }
 
 impl<W: TryWrite> SharedConn<W> {
-    /// No connection yet; `wake` tells the owner to take a turn.
-    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Self {
-        SharedConn {
-            live: Mutex::new(None),
-            wake: Box::new(wake),
-        }
+    /// No connection yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tells the owner to take a turn.
+    pub fn wake(&self) {
+        self.signal.raise();
+    }
+
+    /// Ready once [`SharedConn::wake`] was called since the last time it
+    /// was ready (the owner's wait for its wake-up).
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.signal.poll_raised(cx)
     }
 
     /// The shared state, for the owner (never held across a wait).
@@ -163,7 +182,7 @@ impl<W: TryWrite> SharedConn<W> {
     pub fn open(&self, live: Live<W>) {
         *self.lock() = Some(live);
         // Commands queued while there was none are taken at once.
-        (self.wake)();
+        self.wake();
     }
 
     /// The owner's work between two waits, under the lock: `drain`
@@ -205,7 +224,7 @@ impl<W: TryWrite> SharedConn<W> {
 
 impl<W: TryWrite> DirectPath for SharedConn<W> {
     fn queued(&self) {
-        (self.wake)();
+        self.wake();
     }
 
     fn try_command(&self, cmd: Command) -> Result<(), Command> {
@@ -226,7 +245,7 @@ impl<W: TryWrite> DirectPath for SharedConn<W> {
         let look = live.owner_must_look();
         drop(guard);
         if look {
-            (self.wake)();
+            self.wake();
         }
         Ok(())
     }
@@ -235,20 +254,20 @@ impl<W: TryWrite> DirectPath for SharedConn<W> {
 /// A wake-up for one waiting task, cheap to wait on in every turn of a
 /// loop (a `Notify` queues each waiter under a lock).
 #[derive(Default)]
-pub struct Signal {
+struct Signal {
     raised: AtomicBool,
     waker: AtomicWaker,
 }
 
 impl Signal {
     /// Wakes the task, or makes its next poll ready.
-    pub fn raise(&self) {
+    fn raise(&self) {
         self.raised.store(true, Ordering::Release);
         self.waker.wake();
     }
 
     /// Ready once raised since the last time it was.
-    pub fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.raised.swap(false, Ordering::AcqRel) {
             return Poll::Ready(());
         }

@@ -19,7 +19,7 @@ use async_io::{Async, Timer};
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use teleport_core::CloseReason;
-use teleport_peer::direct::{Live, SharedConn, Signal, TryWrite, Turn};
+use teleport_peer::direct::{Live, SharedConn, TryWrite, Turn};
 use teleport_peer::{finish_handler, BoxFuture, Command, Done, Driver, BUDGET, FINAL_FLUSH};
 
 use crate::net::Stream;
@@ -54,42 +54,37 @@ type Conn = SharedConn<Wr>;
 /// closed for good.
 pub(crate) async fn run(driver: Driver, stream: Stream) {
     let cfg = driver.peer().config().clone();
-    let signal = Arc::new(Signal::default());
-    let conn = Arc::new(Conn::new({
-        let signal = signal.clone();
-        move || signal.raise()
-    }));
+    let conn = Arc::new(Conn::new());
     driver.set_direct_path(conn.clone());
     // Each connection comes with the shared state to install it in.
-    let shared = (conn, signal);
-    let redial = shared.clone();
+    let redial = conn.clone();
     driver
         .run(
-            (stream, shared),
+            (stream, conn),
             // Each arm drops its socket before any redial.
             async |driver: &mut Driver,
-                   (s, (conn, signal)): (Stream, (Arc<Conn>, Arc<Signal>)),
+                   (s, conn): (Stream, Arc<Conn>),
                    backlog: &mut Vec<Command>| {
                 match s {
                     Stream::Tcp(t) => {
                         let t = Arc::new(t);
                         let wr = Wr::Tcp(t.clone());
-                        run_conn(driver, &conn, &signal, t, wr, backlog).await
+                        run_conn(driver, &conn, t, wr, backlog).await
                     }
                     #[cfg(unix)]
                     Stream::Unix(u) => {
                         let u = Arc::new(u);
                         let wr = Wr::Unix(u.clone());
-                        run_conn(driver, &conn, &signal, u, wr, backlog).await
+                        run_conn(driver, &conn, u, wr, backlog).await
                     }
                 }
             },
             move |a| {
                 let cfg = cfg.clone();
-                let shared = redial.clone();
+                let conn = redial.clone();
                 async move {
                     let (s, _, _) = crate::net::connect(&cfg, &a).await?;
-                    Ok((s, shared))
+                    Ok((s, conn))
                 }
             },
             |d| async move {
@@ -113,7 +108,6 @@ struct Waits {
 async fn run_conn<S>(
     driver: &mut Driver,
     conn: &Conn,
-    signal: &Signal,
     io: Arc<Async<S>>,
     wr: Wr,
     backlog: &mut Vec<Command>,
@@ -182,7 +176,7 @@ where
         let mut polls = 0u32;
         now = poll_fn(|cx| {
             polls += 1;
-            w.poll(driver, conn, signal, &io, wants_input, wants_write, cx)
+            w.poll(driver, conn, &io, wants_input, wants_write, cx)
         })
         .await;
         if polls > 1 {
@@ -206,7 +200,6 @@ impl Waits {
         &mut self,
         driver: &mut Driver,
         conn: &Conn,
-        signal: &Signal,
         io: &Async<S>,
         wants_input: bool,
         wants_write: bool,
@@ -218,11 +211,11 @@ impl Waits {
         let mut now = None;
         let mut at = || *now.get_or_insert_with(Instant::now);
 
-        if signal.poll_raised(cx).is_ready() {
+        if conn.poll_woken(cx).is_ready() {
             let t = at();
             if conn.with_core(|core| driver.take_commands(core, t)) == Some(BUDGET) {
                 // More may wait: come back next turn.
-                signal.raise();
+                conn.wake();
             }
         }
 

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use teleport_core::CloseReason;
-use teleport_peer::direct::{Live, SharedConn, Signal, TryWrite, Turn};
+use teleport_peer::direct::{Live, SharedConn, TryWrite, Turn};
 use teleport_peer::{finish_handler, Command, Done, Driver, BUDGET, FINAL_FLUSH};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::task::JoinSet;
@@ -77,39 +77,34 @@ type Conn = SharedConn<Arc<Writer>>;
 /// closed for good.
 pub(crate) async fn run(driver: Driver, stream: Stream) {
     let cfg = driver.peer().config().clone();
-    let signal = Arc::new(Signal::default());
-    let conn = Arc::new(Conn::new({
-        let signal = signal.clone();
-        move || signal.raise()
-    }));
+    let conn = Arc::new(Conn::new());
     driver.set_direct_path(conn.clone());
     // Each connection comes with the shared state to install it in.
-    let shared = (conn, signal);
-    let redial = shared.clone();
+    let redial = conn.clone();
     driver
         .run(
-            (stream, shared),
+            (stream, conn),
             async |driver: &mut Driver,
-                   (s, (conn, signal)): (Stream, (Arc<Conn>, Arc<Signal>)),
+                   (s, conn): (Stream, Arc<Conn>),
                    backlog: &mut Vec<Command>| {
                 match s {
                     Stream::Tcp(t) => {
                         let (r, w) = t.into_split();
-                        run_conn(driver, conn, signal, r, Writer::Tcp(w), backlog).await
+                        run_conn(driver, conn, r, Writer::Tcp(w), backlog).await
                     }
                     #[cfg(unix)]
                     Stream::Unix(u) => {
                         let (r, w) = u.into_split();
-                        run_conn(driver, conn, signal, r, Writer::Unix(w), backlog).await
+                        run_conn(driver, conn, r, Writer::Unix(w), backlog).await
                     }
                 }
             },
             move |a| {
                 let cfg = cfg.clone();
-                let shared = redial.clone();
+                let conn = redial.clone();
                 async move {
                     let (s, _, _) = crate::net::connect(&cfg, &a).await?;
-                    Ok((s, shared))
+                    Ok((s, conn))
                 }
             },
             tokio::time::sleep,
@@ -120,7 +115,6 @@ pub(crate) async fn run(driver: Driver, stream: Stream) {
 async fn run_conn<R: AsyncRead + Unpin>(
     driver: &mut Driver,
     conn: Arc<Conn>,
-    signal: Arc<Signal>,
     mut rd: R,
     wr: Writer,
     backlog: &mut Vec<Command>,
@@ -178,11 +172,11 @@ async fn run_conn<R: AsyncRead + Unpin>(
             biased;
             // A caller left work (a command on the channel, bytes to
             // write, events, an earlier deadline).
-            () = poll_fn(|cx| signal.poll_raised(cx)) => {
+            () = poll_fn(|cx| conn.poll_woken(cx)) => {
                 now = Instant::now();
                 if conn.with_core(|core| driver.take_commands(core, now)) == Some(BUDGET) {
                     // More may wait: come back after the socket's turn.
-                    signal.raise();
+                    conn.wake();
                 }
             }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {

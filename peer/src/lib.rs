@@ -6,8 +6,10 @@
 //! - [`PeerBuilder`]: routes, controllers, plugins, codecs and filters.
 //! - [`Handler`], [`PullCtx`], [`PushCtx`], [`IntoReply`]: handlers.
 //! - [`Session`], [`Call`], [`Reply`]: the handle user code pulls and
-//!   pushes through; it talks to the connection's owner by message, with
-//!   channels that work on any executor.
+//!   pushes through. Where the adapter shares the connection
+//!   ([`direct`]), a call is encoded and written by its caller while the
+//!   connection is free; otherwise it goes to the connection's owner by
+//!   message, with channels that work on any executor.
 //! - [`Driver`]: what a connection's owner does besides waiting.
 //! - [`PeerCore`]: the session registry and graceful shutdown.
 //! - [`direct`]: the connection shared by its owner and the session's

@@ -18,14 +18,16 @@
 # client CPU µs per call. Every process is bounded (--max-secs).
 set -u -o pipefail
 if [ $# -lt 4 ]; then
-  sed -n '2,19p' "$0"
+  sed -n '2,/^set -u/p' "$0" | sed '$d'
   exit 2
 fi
 C=$1 N=$2 ROUNDS=$3
 shift 3
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
 RAW=$(mktemp -t teleport-pair.XXXXXX)
-trap 'rm -f "$RAW"' EXIT
+SRV_OUT=$(mktemp -t teleport-pair-srv.XXXXXX)
+srv=
+trap '[ -n "$srv" ] && kill "$srv" 2> /dev/null; rm -f "$RAW" "$SRV_OUT"' EXIT
 port=$((20000 + RANDOM % 20000))
 for round in $(seq 1 "$ROUNDS"); do
   for spec in "$@"; do
@@ -34,15 +36,25 @@ for round in $(seq 1 "$ROUNDS"); do
     # `env` execs the server, so $! is its pid (for its CPU time); its own
     # watchdog (--max-secs) bounds it.
     env ${var:+"$var"} "$bin" server --system "$sys" --addr "127.0.0.1:$port" \
-      --max-secs 110 > /dev/null 2>&1 &
+      --max-secs 110 > "$SRV_OUT" 2>&1 &
     srv=$!
-    sleep 0.3
+    for _ in $(seq 100); do
+      grep -q '^listening' "$SRV_OUT" && break
+      sleep 0.05
+    done
+    grep -q '^listening' "$SRV_OUT" || { echo "$label: the server did not start" >&2; exit 1; }
     out=$(env ${var:+"$var"} timeout 100 "$bin" client --system "$sys" --addr "127.0.0.1:$port" \
-      -c "$C" -n "$N" --server-pid "$srv" --max-secs 90 2>&1 | grep '^RESULT')
+      -c "$C" -n "$N" --server-pid "$srv" --max-secs 90 2>&1)
+    rc=$?
     kill "$srv" 2> /dev/null
     wait "$srv" 2> /dev/null
-    [ -n "$out" ] || { echo "round $round: $label produced no result" >&2; exit 1; }
-    echo "$round $label $out" >> "$RAW"
+    srv=
+    result=$(grep '^RESULT' <<< "$out")
+    if [ "$rc" != 0 ] || [ -z "$result" ] || ! grep -q ' failed=0 ' <<< "$result"; then
+      echo "round $round: $label failed (exit $rc): ${result:-no result}" >&2
+      exit 1
+    fi
+    echo "$round $label $result" >> "$RAW"
   done
 done
 awk -v labels="$(for s in "$@"; do printf '%s ' "${s%%:*}"; done)" '

@@ -29,7 +29,7 @@ for arg in "$@"; do
     --memory) MEMORY=1 ;;
     --no-memory) MEMORY=0 ;;
     --memory-only) MEMORY=only ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "unknown argument: $arg (see --help)" >&2; exit 2 ;;
   esac
 done

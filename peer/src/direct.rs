@@ -96,7 +96,7 @@ impl<W: TryWrite> Live<W> {
 
     /// Notes, where callers see it, what the owner waits for now: the
     /// core's deadline and whether it wants input. Returns the deadline.
-    pub fn note_waits(&mut self) -> Option<Instant> {
+    fn note_waits(&mut self) -> Option<Instant> {
         self.armed = self.core.poll_timeout();
         self.wants_input = self.core.wants_input();
         self.armed

@@ -1,12 +1,18 @@
-//! The task that owns one session: it alone touches the core session and
-//! runs the session's handlers, so nothing on the hot path takes a lock.
+//! The task that owns one session's connection.
+//!
+//! The connection is shared with the session's callers
+//! ([`teleport_peer::direct`]): a caller encodes and writes its own pull
+//! or push when the connection is free, so a call costs no hop to this
+//! task. The task reads, runs the session's handlers (a `FuturesUnordered`
+//! it owns, so running them needs no executor), fires timers and takes
+//! queued commands.
 //!
 //! Each turn polls, in a fixed order, whichever of these can make progress:
-//! a command from a handle, handlers (a `FuturesUnordered` the task owns,
-//! so running them needs no executor), the socket readable, the socket
-//! writable while output is pending, the core's deadline. Everything that
-//! is ready is handled in that one turn; the task sleeps only when none
-//! is. Everything else is the shared [`Driver`]'s.
+//! the wake-up (a command queued, or work a caller left), handlers, the
+//! socket readable, the socket writable while output is pending, the
+//! core's deadline. Everything that is ready is handled in that one turn;
+//! the task sleeps only when none is. Everything else is the shared
+//! [`Driver`]'s.
 
 use std::future::{poll_fn, Future};
 use std::io::{self, Write};

@@ -128,6 +128,8 @@ async fn run_conn<R: AsyncRead + Unpin>(
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut sleep = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut armed: Option<Instant> = None;
+    // Commands are waiting beyond the last batch taken.
+    let mut backlog = false;
     loop {
         let turn = conn.turn(now, |core| {
             driver.drain_events(core, now, &mut |fut| {
@@ -172,12 +174,12 @@ async fn run_conn<R: AsyncRead + Unpin>(
             biased;
             // A caller left work (a command on the channel, bytes to
             // write, events, an earlier deadline).
-            () = poll_fn(|cx| conn.poll_woken(cx)) => {
+            // While a backlog of commands is being worked off, the wake-up
+            // waits (it stays raised): a flood of commands must not keep
+            // the socket, handlers and timers from their turns.
+            () = poll_fn(|cx| conn.poll_woken(cx)), if !backlog => {
                 now = Instant::now();
-                if conn.with_core(|core| driver.take_commands(core, now)) == Some(BUDGET) {
-                    // More may wait: come back after the socket's turn.
-                    conn.wake();
-                }
+                backlog = take_commands(driver, &conn, now);
             }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 now = Instant::now();
@@ -214,8 +216,19 @@ async fn run_conn<R: AsyncRead + Unpin>(
                 now = Instant::now();
                 conn.with_core(|core| core.handle_timeout(now));
             }
+            // Last: the next batch of a backlog, once everything else had
+            // its chance.
+            () = std::future::ready(()), if backlog => {
+                now = Instant::now();
+                backlog = take_commands(driver, &conn, now);
+            }
         }
     }
+}
+
+/// Carries out queued commands, up to [`BUDGET`]; whether more may wait.
+fn take_commands(driver: &mut Driver, conn: &Conn, now: Instant) -> bool {
+    conn.with_core(|core| driver.take_commands(core, now)) == Some(BUDGET)
 }
 
 /// Reads what the socket has into the worker's buffer and feeds it to the

@@ -15,6 +15,7 @@ use futures_util::FutureExt;
 use teleport_core::{CloseReason, Event, Packet, Rerror, Role, Seq, State};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::direct::{SharedConn, TryWrite};
 use crate::handler::{BoxFuture, Handler, PullCtx, PullFn, PushCtx, PushFn};
 use crate::registry::PeerCore;
 use crate::session::{Command, DirectPath, Session};
@@ -110,7 +111,7 @@ impl Driver {
     /// Lets the session's handles carry out their pulls and pushes
     /// themselves when they can (see [`DirectPath`]). Once per session;
     /// later calls are ignored.
-    pub fn set_direct_path(&self, direct: Arc<dyn DirectPath>) {
+    fn set_direct_path(&self, direct: Arc<dyn DirectPath>) {
         let _ = self.session.0.direct.set(direct);
     }
 
@@ -345,23 +346,29 @@ impl Driver {
 
     /// Runs the session over `first`, then, as configured, over each
     /// re-dialed connection, until it is closed for good; then
-    /// [`Driver::finish`]. `conn` runs one connection to its end; `connect`
-    /// and `sleep` are the runtime's, for re-dialing.
-    pub async fn run<S, C, CF, SF>(
+    /// [`Driver::finish`]. The connections are shared with the session's
+    /// callers through one [`SharedConn`], installed as its direct path:
+    /// `conn` runs one connection to its end with it (opening it with
+    /// [`SharedConn::open`]); `connect` and `sleep` are the runtime's, for
+    /// re-dialing.
+    pub async fn run<S, W, C, CF, SF>(
         mut self,
         first: S,
-        mut conn: impl AsyncFnMut(&mut Driver, S, &mut Vec<Command>) -> CloseReason,
+        mut conn: impl AsyncFnMut(&mut Driver, S, Arc<SharedConn<W>>, &mut Vec<Command>) -> CloseReason,
         connect: C,
         sleep: impl Fn(Duration) -> SF,
     ) where
+        W: TryWrite + 'static,
         C: Fn(String) -> CF,
         CF: Future<Output = std::io::Result<S>>,
         SF: Future<Output = ()>,
     {
+        let shared = Arc::new(SharedConn::<W>::new());
+        self.set_direct_path(shared.clone());
         let mut next = Some(first);
         let mut backlog = Vec::new();
         while let Some(stream) = next.take() {
-            let reason = conn(&mut self, stream, &mut backlog).await;
+            let reason = conn(&mut self, stream, shared.clone(), &mut backlog).await;
             if let Some(addr) = self.connection_ended(&reason) {
                 next = self
                     .redial_when_used(&addr, &mut backlog, &connect, &sleep)

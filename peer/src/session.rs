@@ -20,8 +20,8 @@ pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 /// A way for a handle to carry out a pull or push itself, on the caller's
 /// thread, instead of queueing it for the connection's owner: one task
-/// hop fewer per call. An adapter installs one with
-/// [`crate::Driver::set_direct_path`].
+/// hop fewer per call. [`crate::Driver::run`] installs one
+/// ([`crate::direct::SharedConn`]) for the adapters whose connection task it runs.
 ///
 /// The owner stays the one that reads, runs handlers and waits on
 /// timers; the direct path only ever *tries*: when the connection is busy

@@ -60,17 +60,11 @@ type Conn = SharedConn<Wr>;
 /// closed for good.
 pub(crate) async fn run(driver: Driver, stream: Stream) {
     let cfg = driver.peer().config().clone();
-    let conn = Arc::new(Conn::new());
-    driver.set_direct_path(conn.clone());
-    // Each connection comes with the shared state to install it in.
-    let redial = conn.clone();
     driver
         .run(
-            (stream, conn),
+            stream,
             // Each arm drops its socket before any redial.
-            async |driver: &mut Driver,
-                   (s, conn): (Stream, Arc<Conn>),
-                   backlog: &mut Vec<Command>| {
+            async |driver: &mut Driver, s: Stream, conn: Arc<Conn>, backlog: &mut Vec<Command>| {
                 match s {
                     Stream::Tcp(t) => {
                         let t = Arc::new(t);
@@ -85,13 +79,9 @@ pub(crate) async fn run(driver: Driver, stream: Stream) {
                     }
                 }
             },
-            move |a| {
+            |a| {
                 let cfg = cfg.clone();
-                let conn = redial.clone();
-                async move {
-                    let (s, _, _) = crate::net::connect(&cfg, &a).await?;
-                    Ok((s, conn))
-                }
+                async move { crate::net::connect(&cfg, &a).await.map(|(s, _, _)| s) }
             },
             |d| async move {
                 Timer::after(d).await;

@@ -77,16 +77,10 @@ type Conn = SharedConn<Arc<Writer>>;
 /// closed for good.
 pub(crate) async fn run(driver: Driver, stream: Stream) {
     let cfg = driver.peer().config().clone();
-    let conn = Arc::new(Conn::new());
-    driver.set_direct_path(conn.clone());
-    // Each connection comes with the shared state to install it in.
-    let redial = conn.clone();
     driver
         .run(
-            (stream, conn),
-            async |driver: &mut Driver,
-                   (s, conn): (Stream, Arc<Conn>),
-                   backlog: &mut Vec<Command>| {
+            stream,
+            async |driver: &mut Driver, s: Stream, conn: Arc<Conn>, backlog: &mut Vec<Command>| {
                 match s {
                     Stream::Tcp(t) => {
                         let (r, w) = t.into_split();
@@ -99,13 +93,9 @@ pub(crate) async fn run(driver: Driver, stream: Stream) {
                     }
                 }
             },
-            move |a| {
+            |a| {
                 let cfg = cfg.clone();
-                let conn = redial.clone();
-                async move {
-                    let (s, _, _) = crate::net::connect(&cfg, &a).await?;
-                    Ok((s, conn))
-                }
+                async move { crate::net::connect(&cfg, &a).await.map(|(s, _, _)| s) }
             },
             tokio::time::sleep,
         )

@@ -28,22 +28,21 @@ RAW=$(mktemp -t teleport-pair.XXXXXX)
 SRV_OUT=$(mktemp -t teleport-pair-srv.XXXXXX)
 srv=
 trap '[ -n "$srv" ] && kill "$srv" 2> /dev/null; rm -f "$RAW" "$SRV_OUT"' EXIT
-port=$((20000 + RANDOM % 20000))
 for round in $(seq 1 "$ROUNDS"); do
   for spec in "$@"; do
     IFS=: read -r label bin sys var <<< "$spec"
-    port=$((port + 1))
     # `env` execs the server, so $! is its pid (for its CPU time); its own
     # watchdog (--max-secs) bounds it.
-    env ${var:+"$var"} "$bin" server --system "$sys" --addr "127.0.0.1:$port" \
+    env ${var:+"$var"} "$bin" server --system "$sys" --addr 127.0.0.1:0 \
       --max-secs 110 > "$SRV_OUT" 2>&1 &
     srv=$!
     for _ in $(seq 100); do
       grep -q '^listening' "$SRV_OUT" && break
       sleep 0.05
     done
-    grep -q '^listening' "$SRV_OUT" || { echo "$label: the server did not start" >&2; exit 1; }
-    out=$(env ${var:+"$var"} timeout 100 "$bin" client --system "$sys" --addr "127.0.0.1:$port" \
+    addr=$(awk '/^listening/ {print $2; exit}' "$SRV_OUT")
+    [ -n "$addr" ] || { echo "$label: the server did not start: $(cat "$SRV_OUT")" >&2; exit 1; }
+    out=$(env ${var:+"$var"} timeout 100 "$bin" client --system "$sys" --addr "$addr" \
       -c "$C" -n "$N" --server-pid "$srv" --max-secs 90 2>&1)
     rc=$?
     kill "$srv" 2> /dev/null

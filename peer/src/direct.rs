@@ -44,15 +44,13 @@ impl<W: TryWrite + ?Sized> TryWrite for Arc<W> {
 
 /// One connection's state, shared by its owner and the session's callers.
 pub struct Live<W> {
-    /// The core session.
-    pub core: CoreSession,
+    core: CoreSession,
     /// The socket's writing side.
-    pub wr: W,
+    wr: W,
     /// Encoded bytes the socket has not taken yet, in order.
-    pub wbuf: BytesMut,
-    /// A write failed where the owner was not; [`SharedConn::turn`] ends
-    /// the session with it.
-    pub write_error: Option<io::Error>,
+    wbuf: BytesMut,
+    /// A write failed; [`SharedConn::turn`] ends the session with it.
+    write_error: Option<io::Error>,
     /// The deadline the owner waits for, as of its last turn.
     armed: Option<Instant>,
     /// Whether the owner waits for input, as of its last turn.
@@ -76,7 +74,7 @@ impl<W: TryWrite> Live<W> {
     /// then the core's output. That is taken only once the previous batch
     /// is out (swapping buffers, no copy), so what the socket will not
     /// take piles up in the core, where `max_queued_bytes` bounds it.
-    pub fn flush(&mut self) {
+    fn flush(&mut self) {
         while self.write_error.is_none() {
             if self.wbuf.is_empty() {
                 if !self.core.has_transmit() {
@@ -121,21 +119,19 @@ impl<W: TryWrite> Live<W> {
 }
 
 /// What the owner does after [`SharedConn::turn`].
-pub enum Turn<W> {
+pub enum Turn {
     /// Wait for these, besides the wake-up, handlers and the adapter's own.
     Wait {
         /// Call `handle_timeout` at this instant.
         deadline: Option<Instant>,
         /// Wait for the socket to be readable.
         wants_input: bool,
-        /// Wait for the socket to be writable (bytes wait in `wbuf`).
+        /// Wait for the socket to be writable (bytes wait to be written).
         wants_write: bool,
     },
-    /// A write failed: turn again (the session closes).
-    Again,
-    /// The session closed. The connection is taken away from callers and
-    /// handed back, to flush its last bytes (`None` if it was gone).
-    Closed(CloseReason, Option<Box<Live<W>>>),
+    /// The session closed. The connection is taken away from callers; these
+    /// are its last bytes, to flush before the socket is dropped.
+    Closed(CloseReason, BytesMut),
 }
 
 /// A session's connection, as its owner and its callers share it: the
@@ -192,22 +188,28 @@ impl<W: TryWrite> SharedConn<W> {
     pub fn turn(
         &self,
         now: Instant,
-        drain: impl FnOnce(&mut CoreSession) -> Option<CloseReason>,
-    ) -> Turn<W> {
+        mut drain: impl FnMut(&mut CoreSession) -> Option<CloseReason>,
+    ) -> Turn {
         let mut guard = self.lock();
         let Some(live) = guard.as_mut() else {
             // Only the owner takes the connection away, and stops then.
-            return Turn::Closed(CloseReason::Local, None);
+            return Turn::Closed(CloseReason::Local, BytesMut::new());
         };
-        if let Some(e) = live.write_error.take() {
-            live.core.handle_io_error(now, &e);
-        }
-        if let Some(reason) = drain(&mut live.core) {
-            return Turn::Closed(reason, guard.take().map(Box::new));
-        }
-        live.flush();
-        if live.write_error.is_some() {
-            return Turn::Again;
+        loop {
+            if let Some(e) = live.write_error.take() {
+                live.core.handle_io_error(now, &e);
+            }
+            if let Some(reason) = drain(&mut live.core) {
+                let mut last = std::mem::take(&mut live.wbuf);
+                live.core.poll_transmit(&mut last);
+                *guard = None;
+                return Turn::Closed(reason, last);
+            }
+            live.flush();
+            if live.write_error.is_none() {
+                break;
+            }
+            // The write failed: the next round closes the session.
         }
         Turn::Wait {
             deadline: live.note_waits(),

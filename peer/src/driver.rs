@@ -555,7 +555,11 @@ pub fn panicked(panic: &(dyn std::any::Any + Send)) -> Rerror {
 // The command comes back whole, to be queued instead; boxing it would
 // cost every call an allocation.
 #[allow(clippy::result_large_err)]
-pub fn carry_out_call(core: &mut CoreSession, cmd: Command, now: Instant) -> Result<(), Command> {
+pub(crate) fn carry_out_call(
+    core: &mut CoreSession,
+    cmd: Command,
+    now: Instant,
+) -> Result<(), Command> {
     match cmd {
         Command::Pull {
             packet,

@@ -31,8 +31,8 @@ pub use addr::PeerAddr;
 pub use builder::{Controller, Group, PeerBuilder};
 pub use config::{Network, PeerConfig};
 pub use driver::{
-    carry_out_call, finish_handler, panicked, refuse, CoreSession, Done, Driver, HandlerCall,
-    Token, BUDGET, FINAL_FLUSH, FLUSH_GRACE, MAX_REDIAL_WAIT,
+    finish_handler, panicked, refuse, CoreSession, Done, Driver, HandlerCall, Token, BUDGET,
+    FINAL_FLUSH, FLUSH_GRACE, MAX_REDIAL_WAIT,
 };
 pub use handler::{
     pull_handler, push_handler, BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied,

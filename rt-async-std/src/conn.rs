@@ -134,23 +134,18 @@ where
                 wants_input,
                 wants_write,
             } => (deadline, wants_input, wants_write),
-            Turn::Again => continue,
-            Turn::Closed(reason, live) => {
-                if let Some(live) = live {
-                    let mut live = *live;
-                    live.core.poll_transmit(&mut live.wbuf);
-                    let flush = async {
-                        let mut s = &*io;
-                        s.write_all(&live.wbuf).await?;
-                        s.close().await
-                    };
-                    let timeout = async {
-                        Timer::after(FINAL_FLUSH).await;
-                        Err(io::Error::from(io::ErrorKind::TimedOut))
-                    };
-                    if let Err(e) = futures_lite::future::or(flush, timeout).await {
-                        tracing::debug!(session = id, error = %e, "could not flush the last bytes");
-                    }
+            Turn::Closed(reason, last) => {
+                let flush = async {
+                    let mut s = &*io;
+                    s.write_all(&last).await?;
+                    s.close().await
+                };
+                let timeout = async {
+                    Timer::after(FINAL_FLUSH).await;
+                    Err(io::Error::from(io::ErrorKind::TimedOut))
+                };
+                if let Err(e) = futures_lite::future::or(flush, timeout).await {
+                    tracing::debug!(session = id, error = %e, "could not flush the last bytes");
                 }
                 if !w.tasks.is_empty() {
                     tracing::warn!(

@@ -32,7 +32,7 @@ enum Writer {
     Unix(tokio::net::unix::OwnedWriteHalf),
 }
 
-impl Writer {
+impl TryWrite for Writer {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Writer::Tcp(w) => w.try_write(buf),
@@ -40,7 +40,9 @@ impl Writer {
             Writer::Unix(w) => w.try_write(buf),
         }
     }
+}
 
+impl Writer {
     async fn writable(&self) -> io::Result<()> {
         match self {
             Writer::Tcp(w) => w.writable().await,
@@ -61,12 +63,6 @@ impl Writer {
             }
         }
         Ok(())
-    }
-}
-
-impl TryWrite for Writer {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        Writer::try_write(self, buf)
     }
 }
 
@@ -132,14 +128,10 @@ async fn run_conn<R: AsyncRead + Unpin>(
                 wants_input,
                 wants_write,
             } => (deadline, wants_input, wants_write),
-            Turn::Again => continue,
-            Turn::Closed(reason, live) => {
-                if let Some(mut live) = live {
-                    live.core.poll_transmit(&mut live.wbuf);
-                    let flushed = tokio::time::timeout(FINAL_FLUSH, wr.write_all(&live.wbuf)).await;
-                    if !matches!(flushed, Ok(Ok(()))) {
-                        tracing::debug!(session = id, "could not flush the last bytes");
-                    }
+            Turn::Closed(reason, last) => {
+                let flushed = tokio::time::timeout(FINAL_FLUSH, wr.write_all(&last)).await;
+                if !matches!(flushed, Ok(Ok(()))) {
+                    tracing::debug!(session = id, "could not flush the last bytes");
                 }
                 if !tasks.is_empty() {
                     tracing::warn!(

@@ -35,13 +35,14 @@ pub use meta::Meta;
 pub use packet::{CodecId, Packet, PacketType, Seq, Uri, XferId, XferPipe};
 pub use plugin::{Plugin, PluginCtx, Plugins};
 pub use proto::{
-    pipe_is_known, FastProto, Proto, DEFAULT_READ_LIMIT, MAX_EAGER_RESERVE, MIN_FRAME,
+    pipe_is_known, DecodeJob, Decoded, FastProto, Proto, DEFAULT_READ_LIMIT, MAX_EAGER_RESERVE,
+    MIN_FRAME,
 };
 pub use rerror::Rerror;
 pub use router::{RouteKind, Router};
 pub use session::{
     CloseReason, Event, IncomingPull, IncomingPush, Role, Session, SessionConfig, SessionStats,
-    Shared, State,
+    Shared, State, DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_INCOMING_BYTES,
 };
 pub use xfer::{Gzip, XferFilter, XferRegistry};
 

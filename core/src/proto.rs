@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::error::ProtoError;
+use crate::error::{ProtoError, XferError};
 use crate::meta::Meta;
 use crate::packet::{CodecId, Packet, PacketType, Seq, Uri, XferId, XferPipe};
 use crate::xfer::XferRegistry;
@@ -30,6 +30,19 @@ pub trait Proto: Send + 'static {
     /// cannot be resynchronised.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError>;
 
+    /// Like [`Proto::decode`], but a frame whose decoding would produce
+    /// more than `budget` bytes of filter output (a large gzip body) may be
+    /// taken off `src` undecoded, as a [`DecodeJob`] to run elsewhere. The
+    /// default never defers.
+    fn decode_within(
+        &mut self,
+        src: &mut BytesMut,
+        budget: usize,
+    ) -> Result<Option<Decoded>, ProtoError> {
+        let _ = budget;
+        Ok(self.decode(src)?.map(Decoded::Packet))
+    }
+
     /// Like [`Proto::decode`], for when the input has ended: bytes that are
     /// not a whole frame are an error instead of a wait.
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError> {
@@ -44,9 +57,44 @@ pub trait Proto: Send + 'static {
     }
 }
 
-/// The default read limit: 64 MiB. Go's default is 4 GiB − 1, which lets
+/// What [`Proto::decode_within`] took off the input.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A whole packet.
+    Packet(Packet),
+    /// A whole frame, not decoded yet: it would cost more than the budget.
+    Deferred(DecodeJob),
+}
+
+/// A frame whose decoding was deferred ([`Proto::decode_within`]): run it
+/// on a thread where a long inflation stalls nobody, then give the result
+/// to [`crate::Session::handle_decoded`].
+pub struct DecodeJob {
+    run: Box<dyn FnOnce() -> Result<Packet, ProtoError> + Send>,
+}
+
+impl DecodeJob {
+    /// A job that decodes with `run`.
+    pub fn new(run: impl FnOnce() -> Result<Packet, ProtoError> + Send + 'static) -> Self {
+        DecodeJob { run: Box::new(run) }
+    }
+
+    /// Decodes the frame.
+    pub fn run(self) -> Result<Packet, ProtoError> {
+        (self.run)()
+    }
+}
+
+impl std::fmt::Debug for DecodeJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeJob").finish_non_exhaustive()
+    }
+}
+
+/// The default read limit: 16 MiB. Go's default is 4 GiB − 1, which lets
 /// four bytes from a peer ask for that much; see [`FastProto::with_limit`].
-pub const DEFAULT_READ_LIMIT: usize = 64 << 20;
+/// A peer that exchanges larger frames raises it on both sides.
+pub const DEFAULT_READ_LIMIT: usize = 16 << 20;
 
 /// How much of a declared frame size is reserved before the bytes arrive;
 /// more is reserved only as they do (Go reserves it all, D-PREALLOC).
@@ -229,6 +277,17 @@ impl FastProto {
     }
 
     fn parse_frame(&mut self, frame: Bytes) -> Result<Packet, ProtoError> {
+        Self::parse_with(&self.xfers, self.limit, &mut self.scratch, frame)
+    }
+
+    /// Parses a whole frame; a filter producing more than `cap` bytes stops
+    /// with [`XferError::OutputOverLimit`].
+    fn parse_with(
+        xfers: &XferRegistry,
+        cap: usize,
+        scratch: &mut BytesMut,
+        frame: Bytes,
+    ) -> Result<Packet, ProtoError> {
         let mut r = Reader(frame);
         r.skip(4);
         r.u8("protocol id")?;
@@ -236,11 +295,9 @@ impl FastProto {
         let xfer = XferPipe::from_bytes(r.take(n, "filter ids")?);
         let mut payload = r.0;
         for id in xfer.iter() {
-            self.scratch.clear();
-            self.xfers
-                .get(id)?
-                .decode(&payload, self.limit, &mut self.scratch)?;
-            payload = self.scratch.split().freeze();
+            scratch.clear();
+            xfers.get(id)?.decode(&payload, cap, scratch)?;
+            payload = scratch.split().freeze();
         }
         let mut r = Reader(payload);
         let seq = Seq(r.u64("seq")?);
@@ -278,6 +335,19 @@ impl Proto for FastProto {
     }
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError> {
+        match self.decode_within(src, usize::MAX)? {
+            Some(Decoded::Packet(p)) => Ok(Some(p)),
+            // An unlimited budget never defers.
+            Some(Decoded::Deferred(job)) => job.run().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn decode_within(
+        &mut self,
+        src: &mut BytesMut,
+        budget: usize,
+    ) -> Result<Option<Decoded>, ProtoError> {
         let Some(head) = src.first_chunk::<4>() else {
             return Ok(None);
         };
@@ -288,7 +358,23 @@ impl Proto for FastProto {
             return Ok(None);
         }
         let frame = src.split_to(size).freeze();
-        self.parse_frame(frame).map(Some)
+        let has_filters = frame.get(5).is_some_and(|n| *n > 0);
+        if !has_filters || budget >= self.limit {
+            return self.parse_frame(frame).map(|p| Some(Decoded::Packet(p)));
+        }
+        // Try in place within the budget; a frame that inflates past it
+        // starts again elsewhere (at most `budget` bytes of work thrown
+        // away, which is what keeps small gzip frames on the fast path).
+        let cap = budget.min(self.limit);
+        match Self::parse_with(&self.xfers, cap, &mut self.scratch, frame.clone()) {
+            Err(ProtoError::Xfer(XferError::OutputOverLimit { limit, .. })) if limit == cap => {
+                let (xfers, limit) = (self.xfers.clone(), self.limit);
+                Ok(Some(Decoded::Deferred(DecodeJob::new(move || {
+                    Self::parse_with(&xfers, limit, &mut BytesMut::new(), frame)
+                }))))
+            }
+            r => r.map(|p| Some(Decoded::Packet(p))),
+        }
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError> {

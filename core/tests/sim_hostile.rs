@@ -32,21 +32,29 @@ fn victim(hostile: &[u8], chunks: Chunks) -> (Pair, Token, Token) {
     let answered = pair.pull("/defer", "answered", None).unwrap();
     let pending = pair.pull("/defer", "pending", None).unwrap();
     pair.drive();
-    let first = pair.server.take_deferred().remove(0);
+    let mut deferred = pair.server.take_deferred();
+    let first = deferred.remove(0);
+    pair.server.deferred = deferred; // "pending" stays with its handler
     pair.server.echo(pair.now, &first).unwrap();
     pair.transmit();
     pair.s2c.pipe.extend_from_slice(hostile);
     (pair, answered, pending)
 }
 
-fn assert_failed_cleanly(pair: &Pair, answered: Token, pending: Token, detail: &str) {
+fn assert_failed_cleanly(pair: &mut Pair, answered: Token, pending: Token, detail: &str) {
     assert_eq!(pair.client.body(answered), "answered");
     pair.client.assert_all_resolved();
     let e = pair.client.error(pending);
     assert_eq!(e.code, Rerror::CODE_CONN_CLOSED);
     assert!(e.detail.contains(detail), "{e}");
     assert_eq!(pair.client.order, [answered, pending]);
-    // The connection then ends for the server too.
+    // The connection then ends for the server too, once the handler it
+    // still runs for the client's other pull has answered (the end of
+    // input may only be a half-close).
+    assert!(!pair.server.session.is_closed(), "the server drains first");
+    let left = pair.server.take_deferred().remove(0);
+    pair.server.echo(pair.now, &left).unwrap();
+    pair.server.pump(pair.now);
     assert_eq!(pair.server.close_reason(), &CloseReason::PeerClosed);
 }
 
@@ -96,7 +104,7 @@ fn garbage_closes_the_session_with_a_protocol_error() {
                 CloseReason::Protocol(e) => assert!(want(e), "{name}: {e:?}"),
                 r => panic!("{name}: closed for {r:?}"),
             }
-            assert_failed_cleanly(&pair, answered, pending, "protocol error");
+            assert_failed_cleanly(&mut pair, answered, pending, "protocol error");
         }
     }
 }
@@ -145,7 +153,7 @@ fn an_unknown_packet_type_closes_the_session() {
             pair.client.close_reason(),
             &CloseReason::UnknownPacketType(ptype)
         );
-        assert_failed_cleanly(&pair, answered, pending, "unsupported packet type");
+        assert_failed_cleanly(&mut pair, answered, pending, "unsupported packet type");
     }
 }
 
@@ -162,7 +170,7 @@ fn an_unknown_transfer_filter_closes_the_session() {
         pair.client.close_reason(),
         &CloseReason::Protocol(ProtoError::Xfer(XferError::Unknown { id: XferId(b'z') }))
     );
-    assert_failed_cleanly(&pair, answered, pending, "protocol error");
+    assert_failed_cleanly(&mut pair, answered, pending, "protocol error");
 }
 
 #[test]

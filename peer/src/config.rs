@@ -49,7 +49,8 @@ pub struct PeerConfig {
     /// SO_SNDBUF, when set.
     pub write_buffer_size: Option<usize>,
     /// Largest frame accepted or sent, in bytes (also every transfer
-    /// filter's output). Go's default is 4 GiB − 1; ours is 64 MiB.
+    /// filter's output). Go's default is 4 GiB − 1; ours is 16 MiB (raise it
+    /// on both sides to exchange larger frames).
     pub read_limit: usize,
     /// Timeout of a pull that names none; unset: wait for the reply or the
     /// connection's end, as Go v3 does.
@@ -70,11 +71,17 @@ pub struct PeerConfig {
     pub count_time: bool,
     /// The codec of bodies that name none: `json`, `protobuf` or `string`.
     pub default_body_codec: String,
-    /// Close a session when nothing was read for this long.
+    /// Close a session when nothing was read for this long while no call
+    /// was in flight (and it was not itself declining input). Unset by
+    /// default, as in Go: an idle client that only waits for pushes is a
+    /// normal thing; set it (or use the heartbeat plugin) to reap idle
+    /// connections.
     #[serde(with = "humantime_serde")]
     pub default_session_idle_timeout: Option<Duration>,
     /// Close a session whose peer takes longer than this to send the rest
-    /// of a frame it started (a slow-drip guard).
+    /// of a frame it started (a slow-drip guard; default 30 s, unset: no
+    /// guard). Time during which the session itself declines input does not
+    /// count.
     #[serde(with = "humantime_serde")]
     pub frame_timeout: Option<Duration>,
     /// How long a graceful session close waits for pending calls.
@@ -86,6 +93,10 @@ pub struct PeerConfig {
     /// it the session stops reading until a handler finishes (backpressure
     /// that reaches the peer through TCP).
     pub max_incoming_pulls: usize,
+    /// Most bytes of the peer's pulls being handled at once on one session
+    /// (default 32 MiB); over it, as over `max_incoming_pulls`, the session
+    /// stops reading. A single pull larger than this is still taken.
+    pub max_incoming_bytes: usize,
     /// Most bytes queued for writing on one session.
     pub max_queued_bytes: usize,
 }
@@ -106,11 +117,12 @@ impl Default for PeerConfig {
             print_body: false,
             count_time: false,
             default_body_codec: "json".into(),
-            default_session_idle_timeout: None,
-            frame_timeout: None,
+            default_session_idle_timeout: s.idle_timeout,
+            frame_timeout: s.frame_timeout,
             close_timeout: s.close_timeout,
             max_pending_pulls: s.max_pending_pulls,
             max_incoming_pulls: s.max_incoming_pulls,
+            max_incoming_bytes: s.max_incoming_bytes,
             max_queued_bytes: s.max_queued_bytes,
         }
     }
@@ -127,6 +139,7 @@ impl PeerConfig {
             default_timeout: self.default_pull_timeout,
             max_pending_pulls: self.max_pending_pulls,
             max_incoming_pulls: self.max_incoming_pulls,
+            max_incoming_bytes: self.max_incoming_bytes,
             max_queued_bytes: self.max_queued_bytes,
             idle_timeout: self.default_session_idle_timeout,
             frame_timeout: self.frame_timeout,
@@ -136,6 +149,7 @@ impl PeerConfig {
             print_body: self.print_body,
             default_codec,
             read_limit: self.read_limit,
+            inline_decode_limit: crate::driver::INLINE_DECODE_LIMIT,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use teleport_core::{CloseReason, Event, Packet, Rerror, Role, Seq, State};
+use teleport_core::{CloseReason, Event, Packet, ProtoError, Rerror, Role, Seq, State};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::direct::{SharedConn, TryWrite};
@@ -26,8 +26,20 @@ pub type Token = oneshot::Sender<Result<Packet, Rerror>>;
 /// The core session as every adapter drives it.
 pub type CoreSession = teleport_core::Session<Handler, Token>;
 
-/// A finished handler: the pull's seq and its reply, or `None` for a push.
-pub type Done = Option<(Seq, Result<Packet, Rerror>)>;
+/// What a handler (or a frame's decoding, run away from the connection's
+/// owner) hands back to the owner when it is over.
+#[derive(Debug)]
+pub enum Done {
+    /// A pull handler's reply to the pull `seq`.
+    Reply(Seq, Result<Packet, Rerror>),
+    /// A push handler finished (it answers nothing).
+    Push,
+    /// A frame decoded away from the owner ([`teleport_core::Event::Decode`]).
+    Decoded(Result<Packet, ProtoError>),
+    /// The thread decoding a frame went away without an answer (its pool
+    /// was shut down): the session cannot go on.
+    DecodeLost,
+}
 
 /// The longest wait between two re-dial attempts (they double from
 /// `redial_interval`).
@@ -45,6 +57,13 @@ pub const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// socket.
 pub const BUDGET: usize = 256;
 
+/// Frames whose transfer filters produce more than this (a large gzip
+/// body) are decoded on the adapter's blocking pool, not by the
+/// connection's owner (see `SessionConfig::inline_decode_limit`): a
+/// 16 MiB inflation takes tens of milliseconds, which would stall every
+/// other session the owner's thread drives.
+pub const INLINE_DECODE_LIMIT: usize = 256 << 10;
+
 /// The runtime-independent state of a connection's owner.
 pub struct Driver {
     session: Session,
@@ -54,6 +73,8 @@ pub struct Driver {
     dial_addr: Option<String>,
     close_waiters: Vec<oneshot::Sender<()>>,
     close_requested: bool,
+    /// How the last connection ended, for what is refused afterwards.
+    last_reason: Option<CloseReason>,
 }
 
 impl Driver {
@@ -74,6 +95,7 @@ impl Driver {
             dial_addr,
             close_waiters: Vec::new(),
             close_requested: false,
+            last_reason: None,
         }
     }
 
@@ -223,11 +245,17 @@ impl Driver {
         }
     }
 
-    /// The handler call an incoming pull or push asks for, not started
-    /// yet (`None` for other events).
+    /// The handler call an incoming pull or push asks for (or the
+    /// decoding of a frame, which is run like a handler that waits: never
+    /// on the owner), not started yet (`None` for other events).
     pub fn handler_call(&self, ev: Event<Handler, Token>) -> Option<HandlerCall> {
         let session = self.session.id();
         match ev {
+            Event::Decode(job) => Some(HandlerCall {
+                seq: None,
+                session,
+                kind: CallKind::Decode(self.peer.decode(job)),
+            }),
             Event::Pull(p) => {
                 let seq = p.seq;
                 let kind = match p.handler {
@@ -271,8 +299,9 @@ impl Driver {
     /// The connection ended this way: records it (for the shutdown
     /// report) and says where to re-dial, if anywhere: a dialed session
     /// with redials configured, not closed on purpose.
-    pub fn connection_ended(&self, reason: &CloseReason) -> Option<String> {
+    pub fn connection_ended(&mut self, reason: &CloseReason) -> Option<String> {
         self.peer.note_close(reason);
+        self.last_reason = Some(reason.clone());
         let local_end = matches!(
             reason,
             CloseReason::Local | CloseReason::DrainTimeout { .. }
@@ -382,8 +411,10 @@ impl Driver {
     /// forgets it, and `close()` callers return.
     pub fn finish(mut self) {
         self.cmd_rx.close();
+        let refusal = closed_error(self.last_reason.as_ref());
+        self.session.set_closed(self.last_reason.take());
         while let Ok(cmd) = self.cmd_rx.try_recv() {
-            refuse(cmd, Rerror::conn_closed().with_detail("session is closed"));
+            refuse(cmd, refusal.clone());
         }
         self.peer.forget(self.session.id());
         // Last, so a `close().await` returns on a session that reads closed.
@@ -406,6 +437,7 @@ enum CallKind {
     Pull(Seq, Arc<PullFn>, PullCtx),
     Push(Arc<PushFn>, PushCtx),
     Refused(Rerror),
+    Decode(BoxFuture<Done>),
 }
 
 impl std::fmt::Debug for HandlerCall {
@@ -437,22 +469,25 @@ impl HandlerCall {
         let waker = futures_util::task::noop_waker_ref();
         let mut cx = Context::from_waker(waker);
         match kind {
-            CallKind::Refused(e) => Ok(seq.map(|s| (s, Err(e)))),
+            CallKind::Refused(e) => Ok(refused(seq, e)),
+            CallKind::Decode(fut) => Err(fut),
             CallKind::Pull(seq, f, ctx) => {
                 let mut fut = match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
                     Ok(fut) => fut,
-                    Err(panic) => return Ok(Some((seq, Err(logged(session, &*panic))))),
+                    Err(panic) => return Ok(Done::Reply(seq, Err(logged(session, &*panic)))),
                 };
                 match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
-                    Ok(Poll::Ready(r)) => Ok(Some((seq, r))),
+                    Ok(Poll::Ready(r)) => Ok(Done::Reply(seq, r)),
                     Ok(Poll::Pending) => Err(Box::pin(
-                        AssertUnwindSafe(fut.map(move |r| Some((seq, r))))
+                        AssertUnwindSafe(fut.map(move |r| Done::Reply(seq, r)))
                             .catch_unwind()
                             .map(move |r| {
-                                r.unwrap_or_else(|panic| Some((seq, Err(logged(session, &*panic)))))
+                                r.unwrap_or_else(|panic| {
+                                    Done::Reply(seq, Err(logged(session, &*panic)))
+                                })
                             }),
                     )),
-                    Err(panic) => Ok(Some((seq, Err(logged(session, &*panic))))),
+                    Err(panic) => Ok(Done::Reply(seq, Err(logged(session, &*panic)))),
                 }
             }
             CallKind::Push(f, ctx) => {
@@ -460,24 +495,24 @@ impl HandlerCall {
                     Ok(fut) => fut,
                     Err(panic) => {
                         logged(session, &*panic);
-                        return Ok(None);
+                        return Ok(Done::Push);
                     }
                 };
                 match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
-                    Ok(Poll::Ready(())) => Ok(None),
+                    Ok(Poll::Ready(())) => Ok(Done::Push),
                     Ok(Poll::Pending) => Err(Box::pin(
-                        AssertUnwindSafe(fut.map(|()| None))
+                        AssertUnwindSafe(fut.map(|()| Done::Push))
                             .catch_unwind()
                             .map(move |r| {
                                 r.unwrap_or_else(|panic| {
                                     logged(session, &*panic);
-                                    None
+                                    Done::Push
                                 })
                             }),
                     )),
                     Err(panic) => {
                         logged(session, &*panic);
-                        Ok(None)
+                        Ok(Done::Push)
                     }
                 }
             }
@@ -490,34 +525,39 @@ impl HandlerCall {
     pub fn start(self) -> BoxFuture<Done> {
         let HandlerCall { seq, session, kind } = self;
         match kind {
-            CallKind::Refused(e) => Box::pin(std::future::ready(seq.map(|s| (s, Err(e))))),
+            CallKind::Refused(e) => Box::pin(std::future::ready(refused(seq, e))),
+            CallKind::Decode(fut) => fut,
             CallKind::Pull(seq, f, ctx) => {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
                     Ok(fut) => Box::pin(
-                        AssertUnwindSafe(fut.map(move |r| Some((seq, r))))
+                        AssertUnwindSafe(fut.map(move |r| Done::Reply(seq, r)))
                             .catch_unwind()
                             .map(move |r| {
-                                r.unwrap_or_else(|panic| Some((seq, Err(logged(session, &*panic)))))
+                                r.unwrap_or_else(|panic| {
+                                    Done::Reply(seq, Err(logged(session, &*panic)))
+                                })
                             }),
                     ),
-                    Err(panic) => Box::pin(std::future::ready(Some((
+                    Err(panic) => Box::pin(std::future::ready(Done::Reply(
                         seq,
                         Err(logged(session, &*panic)),
-                    )))),
+                    ))),
                 }
             }
             CallKind::Push(f, ctx) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
-                Ok(fut) => Box::pin(AssertUnwindSafe(fut.map(|()| None)).catch_unwind().map(
-                    move |r| {
-                        r.unwrap_or_else(|panic| {
-                            logged(session, &*panic);
-                            None
-                        })
-                    },
-                )),
+                Ok(fut) => Box::pin(
+                    AssertUnwindSafe(fut.map(|()| Done::Push))
+                        .catch_unwind()
+                        .map(move |r| {
+                            r.unwrap_or_else(|panic| {
+                                logged(session, &*panic);
+                                Done::Push
+                            })
+                        }),
+                ),
                 Err(panic) => {
                     logged(session, &*panic);
-                    Box::pin(std::future::ready(None))
+                    Box::pin(std::future::ready(Done::Push))
                 }
             },
         }
@@ -531,13 +571,37 @@ fn logged(session: u64, panic: &(dyn std::any::Any + Send)) -> Rerror {
     e
 }
 
-/// Sends a finished handler's reply (a push has none).
-pub fn finish_handler(core: &mut CoreSession, done: Done, now: Instant) {
-    if let Some((seq, result)) = done {
-        if let Err(e) = core.reply(now, seq, result) {
-            tracing::debug!(session = core.id(), %seq, error = %e, "reply not sent");
-        }
+/// What a refused call is done with: an error reply for a pull.
+fn refused(seq: Option<Seq>, e: Rerror) -> Done {
+    match seq {
+        Some(s) => Done::Reply(s, Err(e)),
+        None => Done::Push,
     }
+}
+
+/// Hands what a handler (or a decoding) finished with to the core: a
+/// pull's reply, a decoded frame.
+pub fn finish_handler(core: &mut CoreSession, done: Done, now: Instant) {
+    match done {
+        Done::Reply(seq, result) => {
+            if let Err(e) = core.reply(now, seq, result) {
+                tracing::debug!(session = core.id(), %seq, error = %e, "reply not sent");
+            }
+        }
+        Done::Push => {}
+        Done::Decoded(result) => core.handle_decoded(now, result),
+        Done::DecodeLost => core.handle_io_error(now, &"the frame decoder was lost"),
+    }
+}
+
+/// The error a call gets once its session is over: 102, saying why the
+/// session ended when that is known.
+pub fn closed_error(reason: Option<&CloseReason>) -> Rerror {
+    let detail = match reason {
+        Some(r) => format!("session is closed: {}", r.pull_error().detail),
+        None => "session is closed".to_string(),
+    };
+    Rerror::conn_closed().with_detail(detail)
 }
 
 /// The 500 a panic becomes.

@@ -31,11 +31,11 @@ pub use addr::PeerAddr;
 pub use builder::{Controller, Group, PeerBuilder};
 pub use config::{Network, PeerConfig};
 pub use driver::{
-    finish_handler, panicked, refuse, CoreSession, Done, Driver, HandlerCall, Token, BUDGET,
-    FINAL_FLUSH, FLUSH_GRACE, MAX_REDIAL_WAIT,
+    closed_error, finish_handler, panicked, refuse, CoreSession, Done, Driver, HandlerCall, Token,
+    BUDGET, FINAL_FLUSH, FLUSH_GRACE, INLINE_DECODE_LIMIT, MAX_REDIAL_WAIT,
 };
 pub use handler::{
     pull_handler, push_handler, BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied,
 };
-pub use registry::{Abort, PeerCore, ShutdownReport};
+pub use registry::{Abort, Blocking, Linger, PeerCore, ShutdownReport, LINGER, LINGER_BYTES};
 pub use session::{Call, Command, DirectPath, Reply, Session, Wake};

@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use teleport_core::{Rerror, Role, Shared};
-use tokio::sync::{mpsc, watch, Notify};
+use std::sync::OnceLock;
+
+use teleport_core::{DecodeJob, Rerror, Role, Shared};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 use crate::addr::PeerAddr;
 use crate::config::PeerConfig;
-use crate::driver::Driver;
+use crate::driver::{Done, Driver};
+use crate::handler::BoxFuture;
 use crate::handler::Handler;
 use crate::session::{Command, Session, SessionInner, Wake};
 
@@ -22,6 +25,11 @@ static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Stops a session's task when a shutdown times out.
 pub type Abort = Box<dyn Fn() + Send + Sync>;
+
+/// Runs a closure where blocking is fine: the adapter's blocking pool
+/// (tokio's `spawn_blocking`, `blocking::unblock`). Without one, work that
+/// must not run on a connection's owner runs wherever its future is polled.
+pub type Blocking = Arc<dyn Fn(Box<dyn FnOnce() + Send>) + Send + Sync>;
 
 struct Entry {
     session: Session,
@@ -55,6 +63,13 @@ pub struct PeerCore {
     shutdown_deadline: Mutex<Option<Instant>>,
     shutdown: watch::Sender<bool>,
     gone: Notify,
+    /// Frames being decoded away from their connection's owner at once,
+    /// across the peer: each may hold up to the read limit.
+    decode_slots: Arc<Semaphore>,
+    blocking: OnceLock<Blocking>,
+    /// Connections closed by their session that still wait for the peer's
+    /// end of input ([`Linger`]).
+    lingering: AtomicUsize,
 }
 
 impl std::fmt::Debug for PeerCore {
@@ -80,6 +95,55 @@ impl PeerCore {
             shutdown_deadline: Mutex::new(None),
             shutdown,
             gone: Notify::new(),
+            decode_slots: Arc::new(Semaphore::new(decode_slots())),
+            blocking: OnceLock::new(),
+            lingering: AtomicUsize::new(0),
+        }
+    }
+
+    /// Sets where work that must not block a connection's owner runs (see
+    /// [`Blocking`]); once, by the adapter. Later calls are ignored.
+    pub fn set_blocking(&self, blocking: Blocking) {
+        let _ = self.blocking.set(blocking);
+    }
+
+    /// The decoding of a deferred frame, as a handler-like future: it
+    /// waits for one of the peer's decode slots, runs the job on the
+    /// blocking pool, and hands the result back as [`Done::Decoded`].
+    pub(crate) fn decode(&self, job: DecodeJob) -> BoxFuture<Done> {
+        let slots = self.decode_slots.clone();
+        let blocking = self.blocking.get().cloned();
+        Box::pin(async move {
+            let _slot = slots.acquire_owned().await;
+            let Some(run) = blocking else {
+                return Done::Decoded(job.run());
+            };
+            let (tx, rx) = oneshot::channel();
+            run(Box::new(move || {
+                let _ = tx.send(job.run());
+            }));
+            match rx.await {
+                Ok(r) => Done::Decoded(r),
+                Err(_) => Done::DecodeLost,
+            }
+        })
+    }
+
+    /// Counts a connection that lingers after its session ended, until the
+    /// guard is dropped; a shutdown waits for it (bounded by [`LINGER`]).
+    pub fn linger(self: &Arc<Self>) -> Linger {
+        self.lingering.fetch_add(1, Ordering::AcqRel);
+        Linger(self.clone())
+    }
+
+    /// Resolves once no connection lingers.
+    pub async fn lingering_done(&self) {
+        loop {
+            let gone = self.gone.notified();
+            if self.lingering.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            gone.await;
         }
     }
 
@@ -116,6 +180,7 @@ impl PeerCore {
             wake,
             direct: std::sync::OnceLock::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            closed: Mutex::new(None),
         }));
         (session, rx)
     }
@@ -285,5 +350,38 @@ impl PeerCore {
         }
         self.gone.notify_waiters();
         left.len()
+    }
+}
+
+/// How many frames a peer decodes away from its connections' owners at
+/// once: one per CPU.
+fn decode_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// The longest a closed connection waits for the peer's end of input
+/// (after its last bytes were written and its write side shut down) before
+/// it is dropped anyway. Closing with unread input makes the kernel reset
+/// the connection, and a reset can destroy the replies still in flight to
+/// the peer; waiting for the peer's end of input avoids it.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Most input a lingering connection reads (and discards) before it is
+/// dropped anyway.
+pub const LINGER_BYTES: usize = 16 << 20;
+
+/// A lingering connection, counted by its peer ([`PeerCore::linger`]).
+pub struct Linger(Arc<PeerCore>);
+
+impl Drop for Linger {
+    fn drop(&mut self) {
+        self.0.lingering.fetch_sub(1, Ordering::AcqRel);
+        self.0.gone.notify_waiters();
+    }
+}
+
+impl std::fmt::Debug for Linger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Linger")
     }
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use teleport_core::{
-    CodecId, CodecRegistry, DecodeBody, EncodeBody, Meta, Packet, PacketType, Rerror, Seq, Shared,
-    Uri, XferId, XferPipe,
+    CloseReason, CodecId, CodecRegistry, DecodeBody, EncodeBody, Meta, Packet, PacketType, Rerror,
+    Seq, Shared, Uri, XferId, XferPipe,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -86,6 +86,8 @@ pub(crate) struct SessionInner {
     pub(crate) direct: OnceLock<Arc<dyn DirectPath>>,
     /// A close was asked for: calls go to the owner, behind the close.
     pub(crate) closing: AtomicBool,
+    /// Why the session ended for good, once it has.
+    pub(crate) closed: std::sync::Mutex<Option<CloseReason>>,
 }
 
 /// A handle to one session: cheap to clone, `Send + Sync`. Pulls from many
@@ -210,6 +212,21 @@ impl Session {
         self.0.cmd.is_closed()
     }
 
+    /// Why the session ended, once it has for good (`None` while it runs,
+    /// and for a session whose owner went away without saying).
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.0
+            .closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records why the session ended (its owner does, once, at the end).
+    pub(crate) fn set_closed(&self, reason: Option<CloseReason>) {
+        *self.0.closed.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
     fn send(&self, mut cmd: Command) -> Result<(), Rerror> {
         match &cmd {
             Command::Close { .. } => self.0.closing.store(true, Ordering::Release),
@@ -227,7 +244,7 @@ impl Session {
         self.0
             .cmd
             .send(cmd)
-            .map_err(|_| Rerror::conn_closed().with_detail("session is closed"))?;
+            .map_err(|_| crate::driver::closed_error(self.close_reason().as_ref()))?;
         if let Some(direct) = self.0.direct.get() {
             direct.queued();
         }

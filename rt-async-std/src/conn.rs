@@ -22,11 +22,16 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use async_io::{Async, Timer};
-use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use teleport_core::CloseReason;
 use teleport_peer::direct::{Live, SharedConn, TryWrite, Turn};
-use teleport_peer::{finish_handler, BoxFuture, Command, Done, Driver, BUDGET, FINAL_FLUSH};
+use teleport_peer::{
+    finish_handler, BoxFuture, Command, Done, Driver, Linger, BUDGET, FINAL_FLUSH, LINGER,
+    LINGER_BYTES,
+};
+
+use crate::executor::Executor;
 
 use crate::net::Stream;
 
@@ -58,24 +63,27 @@ type Conn = SharedConn<Wr>;
 
 /// Runs the session over `stream`, re-dialing as configured, until it is
 /// closed for good.
-pub(crate) async fn run(driver: Driver, stream: Stream) {
+pub(crate) async fn run(driver: Driver, stream: Stream, exec: Executor) {
     let cfg = driver.peer().config().clone();
     driver
         .run(
             stream,
             // Each arm drops its socket before any redial.
-            async |driver: &mut Driver, s: Stream, conn: Arc<Conn>, backlog: &mut Vec<Command>| {
+            async move |driver: &mut Driver,
+                        s: Stream,
+                        conn: Arc<Conn>,
+                        backlog: &mut Vec<Command>| {
                 match s {
                     Stream::Tcp(t) => {
                         let t = Arc::new(t);
                         let wr = Wr::Tcp(t.clone());
-                        run_conn(driver, &conn, t, wr, backlog).await
+                        run_conn(driver, &conn, t, wr, backlog, &exec).await
                     }
                     #[cfg(unix)]
                     Stream::Unix(u) => {
                         let u = Arc::new(u);
                         let wr = Wr::Unix(u.clone());
-                        run_conn(driver, &conn, u, wr, backlog).await
+                        run_conn(driver, &conn, u, wr, backlog, &exec).await
                     }
                 }
             },
@@ -101,12 +109,13 @@ struct Waits {
     drained: bool,
 }
 
-async fn run_conn<S>(
+async fn run_conn<S: Send + Sync + 'static>(
     driver: &mut Driver,
     conn: &Conn,
     io: Arc<Async<S>>,
     wr: Wr,
     backlog: &mut Vec<Command>,
+    exec: &Executor,
 ) -> CloseReason
 where
     for<'a> &'a Async<S>: AsyncRead + AsyncWrite,
@@ -135,6 +144,8 @@ where
                 wants_write,
             } => (deadline, wants_input, wants_write),
             Turn::Closed(reason, last) => {
+                // Every queued byte, then the end of our side (the peer reads
+                // everything, then the end).
                 let flush = async {
                     let mut s = &*io;
                     s.write_all(&last).await?;
@@ -155,6 +166,10 @@ where
                     );
                 }
                 tracing::info!(session = id, ?reason, "session closed");
+                if input_open(&reason) {
+                    let guard = driver.peer().linger();
+                    exec.spawn(Box::pin(linger(io, guard)));
+                }
                 return reason;
             }
         };
@@ -180,6 +195,36 @@ where
             }
         }
     }
+}
+
+/// Whether the connection's input may still hold bytes when the session
+/// closed this way (not when the peer ended it, or the socket failed).
+fn input_open(reason: &CloseReason) -> bool {
+    !matches!(reason, CloseReason::PeerClosed | CloseReason::Io(_))
+}
+
+/// Reads and discards what the peer still sends until it ends its side,
+/// for at most [`LINGER`] and [`LINGER_BYTES`], then drops the socket:
+/// closing with unread input would reset the connection, and a reset can
+/// destroy replies the peer has not read yet.
+async fn linger<S>(io: Arc<Async<S>>, _guard: Linger)
+where
+    for<'a> &'a Async<S>: AsyncRead,
+{
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        let mut buf = [0u8; 4096];
+        while left > 0 {
+            match (&*io).read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    futures_lite::future::or(drain, async {
+        Timer::after(LINGER).await;
+    })
+    .await;
 }
 
 impl Waits {

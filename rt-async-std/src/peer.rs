@@ -29,7 +29,10 @@ impl Peer {
 
     /// The peer a builder describes.
     pub fn from_builder(builder: PeerBuilder, exec: Executor) -> io::Result<Peer> {
-        builder.build().map(|core| Peer { core, exec })
+        let core = builder.build()?;
+        // Large inflations run on the blocking pool async-std and smol share.
+        core.set_blocking(Arc::new(|f| blocking::unblock(f).detach()));
+        Ok(Peer { core, exec })
     }
 
     /// The runtime-independent part (settings, routes, sessions).
@@ -60,7 +63,10 @@ impl Peer {
                 // Aborting wakes the task, which then drops the connection
                 // future (its socket and handlers) at its next poll.
                 let (abort, registration) = AbortHandle::new_pair();
-                let task = Abortable::new(crate::conn::run(driver, stream), registration);
+                let task = Abortable::new(
+                    crate::conn::run(driver, stream, self.exec.clone()),
+                    registration,
+                );
                 self.exec.spawn(Box::pin(task.map(drop)));
                 Box::new(move || abort.abort())
             })
@@ -144,6 +150,13 @@ impl Peer {
             Timer::at(hard).await;
         })
         .await;
-        self.core.end_shutdown(sessions)
+        let report = self.core.end_shutdown(sessions);
+        // Closed connections wait (briefly) for their peers to read the last
+        // replies: a process that exits now would reset them.
+        futures_lite::future::or(self.core.lingering_done(), async {
+            Timer::after(teleport_peer::LINGER).await;
+        })
+        .await;
+        report
     }
 }

@@ -21,8 +21,8 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 use teleport_core::{CloseReason, Rerror, Role};
 use teleport_peer::{
-    finish_handler, refuse, Abort, BoxFuture, Command, CoreSession, Done, Driver, PeerConfig,
-    PeerCore, Session, Wake, FINAL_FLUSH,
+    finish_handler, refuse, Abort, BoxFuture, Command, CoreSession, Done, Driver, Linger,
+    PeerConfig, PeerCore, Session, Wake, FINAL_FLUSH, LINGER, LINGER_BYTES,
 };
 
 use crate::exec::{self, Home, Pool, Task};
@@ -31,6 +31,8 @@ use crate::net::{self, Connected, Listener, Stream};
 const WAKER: Token = Token(usize::MAX);
 /// Listener tokens start here; connections use the slab keys below.
 const LISTENER_BASE: usize = usize::MAX / 2;
+/// Tokens of lingering connections start here (below the listeners').
+const LINGER_BASE: usize = usize::MAX / 4;
 /// Reads (of [`READ_CHUNK`]) per connection per turn, so one fast sender
 /// cannot starve the others.
 const READ_BUDGET: usize = 16;
@@ -232,6 +234,16 @@ struct Listening {
     retry_at: Option<Instant>,
 }
 
+/// A connection whose session ended, its write side shut down, read and
+/// discarded until the peer's end of input (see [`LINGER`]).
+struct Lingering {
+    stream: Stream,
+    until: Instant,
+    left: usize,
+    readable: bool,
+    _guard: Linger,
+}
+
 pub(crate) struct EventLoop {
     poll: Poll,
     events: Events,
@@ -243,6 +255,9 @@ pub(crate) struct EventLoop {
     ids: HashMap<u64, usize>,
     broken: HashMap<u64, Broken>,
     listeners: Slab<Listening>,
+    lingering: Slab<Lingering>,
+    /// (deadline, lingering connection).
+    linger_timers: BTreeSet<(Instant, usize)>,
     /// (deadline, connection): the earliest is the poll timeout.
     timers: BTreeSet<(Instant, usize)>,
     touched: Vec<usize>,
@@ -329,6 +344,8 @@ impl EventLoop {
             ids: HashMap::new(),
             broken: HashMap::new(),
             listeners: Slab::new(),
+            lingering: Slab::new(),
+            linger_timers: BTreeSet::new(),
             timers: BTreeSet::new(),
             touched: Vec::new(),
             again: Vec::new(),
@@ -365,6 +382,7 @@ impl EventLoop {
             }
             self.accept(now);
             self.expire(now);
+            self.drain_lingering(now);
             for key in std::mem::take(&mut self.again) {
                 touch(&mut self.conns, &mut self.touched, key);
             }
@@ -389,6 +407,9 @@ impl EventLoop {
             return Some(Duration::ZERO);
         }
         let mut at = self.timers.first().map(|(d, _)| *d);
+        if let Some(&(l, _)) = self.linger_timers.first() {
+            at = Some(at.map_or(l, |a| a.min(l)));
+        }
         for (_, l) in &self.listeners {
             if let Some(r) = l.retry_at {
                 at = Some(at.map_or(r, |a| a.min(r)));
@@ -402,6 +423,7 @@ impl EventLoop {
             events,
             conns,
             listeners,
+            lingering,
             touched,
             ..
         } = self;
@@ -413,6 +435,12 @@ impl EventLoop {
             if t >= LISTENER_BASE {
                 if let Some(l) = listeners.get_mut(t - LISTENER_BASE) {
                     l.ready = true;
+                }
+                continue;
+            }
+            if t >= LINGER_BASE {
+                if let Some(l) = lingering.get_mut(t - LINGER_BASE) {
+                    l.readable = true;
                 }
                 continue;
             }
@@ -810,14 +838,19 @@ impl EventLoop {
         c
     }
 
-    /// The session's connection is over: re-dial later, or finish.
+    /// The session's connection is over: re-dial later, or finish. Its
+    /// socket lingers while the peer may still send.
     fn finalize(&mut self, key: usize) {
         let mut c = self.remove(key);
         c.stream.shutdown_write();
-        drop(c.stream);
         let Some((reason, _)) = c.closing.take() else {
             return;
         };
+        if !matches!(reason, CloseReason::PeerClosed | CloseReason::Io(_)) {
+            self.linger(c.stream);
+        } else {
+            drop(c.stream);
+        }
         let id = c.driver.session().id();
         tracing::info!(session = id, ?reason, "session closed");
         match c.driver.connection_ended(&reason) {
@@ -834,6 +867,68 @@ impl EventLoop {
                 }
             }
             None => c.driver.finish(),
+        }
+    }
+
+    /// Keeps a closed connection (write side already shut down) until the
+    /// peer's end of input, for at most [`LINGER`]: closing with unread
+    /// input would reset the connection, and a reset can destroy replies
+    /// the peer has not read yet.
+    fn linger(&mut self, mut stream: Stream) {
+        let entry = self.lingering.vacant_entry();
+        let key = entry.key();
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, Token(LINGER_BASE + key), Interest::READABLE)
+            .is_err()
+        {
+            return;
+        }
+        let until = Instant::now() + LINGER;
+        entry.insert(Lingering {
+            stream,
+            until,
+            left: LINGER_BYTES,
+            readable: true,
+            _guard: self.peer.linger(),
+        });
+        self.linger_timers.insert((until, key));
+    }
+
+    /// Reads what lingering connections were sent, and lets go of those
+    /// whose peer ended its side, or whose time or byte allowance is up.
+    fn drain_lingering(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        while let Some(&(at, key)) = self.linger_timers.first() {
+            if at > now {
+                break;
+            }
+            self.linger_timers.pop_first();
+            done.push(key);
+        }
+        for (key, l) in self.lingering.iter_mut() {
+            while l.readable {
+                match l.stream.read(&mut self.rbuf) {
+                    Ok(0) => {
+                        done.push(key);
+                        break;
+                    }
+                    Ok(n) if n < l.left => l.left -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => l.readable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Ok(_) | Err(_) => {
+                        done.push(key);
+                        break;
+                    }
+                }
+            }
+        }
+        for key in done {
+            if let Some(mut l) = self.lingering.try_remove(key) {
+                self.linger_timers.remove(&(l.until, key));
+                let _ = self.poll.registry().deregister(&mut l.stream);
+            }
         }
     }
 
@@ -872,6 +967,8 @@ impl EventLoop {
             }
         }
         self.close_listeners();
+        self.lingering.clear();
+        self.linger_timers.clear();
         let now = Instant::now();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {

@@ -179,6 +179,11 @@ impl Peer {
         // for the last flush before cancelling.
         let hard = PeerCore::deadline_after(timeout.saturating_add(teleport_peer::FLUSH_GRACE));
         let _ = exec::block_on_until(core.all_gone(), Some(hard));
-        core.end_shutdown(sessions)
+        let report = core.end_shutdown(sessions);
+        // Closed connections wait (briefly) for their peers to read the last
+        // replies: a process that exits now would reset them.
+        let linger = PeerCore::deadline_after(teleport_peer::LINGER);
+        let _ = exec::block_on_until(core.lingering_done(), Some(linger));
+        report
     }
 }

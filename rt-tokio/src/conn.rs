@@ -18,7 +18,9 @@ use std::time::Instant;
 
 use teleport_core::CloseReason;
 use teleport_peer::direct::{Live, SharedConn, TryWrite, Turn};
-use teleport_peer::{finish_handler, Command, Done, Driver, BUDGET, FINAL_FLUSH};
+use teleport_peer::{
+    finish_handler, Command, Done, Driver, Linger, BUDGET, FINAL_FLUSH, LINGER, LINGER_BYTES,
+};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::task::JoinSet;
 
@@ -98,7 +100,7 @@ pub(crate) async fn run(driver: Driver, stream: Stream) {
         .await;
 }
 
-async fn run_conn<R: AsyncRead + Unpin>(
+async fn run_conn<R: AsyncRead + Unpin + Send + 'static>(
     driver: &mut Driver,
     conn: Arc<Conn>,
     mut rd: R,
@@ -142,7 +144,14 @@ async fn run_conn<R: AsyncRead + Unpin>(
                     tasks.abort_all();
                 }
                 tracing::info!(session = id, ?reason, "session closed");
-                // Dropping the last handle of the write half shuts it down.
+                // Dropping the last handle of the write half shuts it down
+                // (the peer reads everything, then the end); the read half
+                // lingers until the peer's end of input.
+                drop(wr);
+                if input_open(&reason) {
+                    let guard = driver.peer().linger();
+                    tokio::spawn(linger(rd, guard));
+                }
                 return reason;
             }
         };
@@ -206,6 +215,30 @@ async fn run_conn<R: AsyncRead + Unpin>(
             }
         }
     }
+}
+
+/// Whether the connection's input may still hold bytes when the session
+/// closed this way (not when the peer ended it, or the socket failed).
+fn input_open(reason: &CloseReason) -> bool {
+    !matches!(reason, CloseReason::PeerClosed | CloseReason::Io(_))
+}
+
+/// Reads and discards what the peer still sends until it ends its side,
+/// for at most [`LINGER`] and [`LINGER_BYTES`], then drops the socket:
+/// closing with unread input would reset the connection, and a reset can
+/// destroy replies the peer has not read yet.
+async fn linger<R: AsyncRead + Unpin>(mut rd: R, _guard: Linger) {
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        let mut buf = [0u8; 4096];
+        while left > 0 {
+            match tokio::io::AsyncReadExt::read(&mut rd, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Carries out queued commands, up to [`BUDGET`]; whether more may wait.

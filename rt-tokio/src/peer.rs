@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use teleport_core::{Rerror, Role};
 use teleport_peer::{
-    PeerAddr, PeerBuilder, PeerConfig, PeerCore, Session, ShutdownReport, FLUSH_GRACE,
+    PeerAddr, PeerBuilder, PeerConfig, PeerCore, Session, ShutdownReport, FLUSH_GRACE, LINGER,
 };
 
 use crate::net::{Listener, Stream};
@@ -24,7 +24,12 @@ impl Peer {
 
     /// The peer a builder describes.
     pub fn from_builder(builder: PeerBuilder) -> io::Result<Peer> {
-        builder.build().map(Peer)
+        let core = builder.build()?;
+        // Large inflations run on tokio's blocking pool.
+        core.set_blocking(Arc::new(|f| {
+            tokio::task::spawn_blocking(f);
+        }));
+        Ok(Peer(core))
     }
 
     /// The runtime-independent part (settings, routes, sessions).
@@ -121,6 +126,10 @@ impl Peer {
         // for the last flush before cancelling tasks.
         let hard = PeerCore::deadline_after(timeout.saturating_add(FLUSH_GRACE));
         let _ = tokio::time::timeout_at(hard.into(), self.0.all_gone()).await;
-        self.0.end_shutdown(sessions)
+        let report = self.0.end_shutdown(sessions);
+        // Closed connections wait (briefly) for their peers to read the last
+        // replies: a process that exits now would reset them.
+        let _ = tokio::time::timeout(LINGER, self.0.lingering_done()).await;
+        report
     }
 }

@@ -93,9 +93,12 @@ pub fn dial_addr(addr: &PeerAddr) -> String {
 
 /// Warnings and errors to the test output (shown for failing tests).
 pub fn test_logs() {
+    // `RUST_LOG` picks more when debugging; warnings by default.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
-        .with_max_level(tracing::Level::WARN)
+        .with_env_filter(filter)
         .with_ansi(false)
         .try_init();
 }

@@ -53,6 +53,8 @@
 //!                 s.reply(now, p.seq, Ok(echo)).unwrap();
 //!             }
 //!             Event::Pull(_) | Event::Push(_) => {} // "/hold": never answered
+//!             // A big gzip body (none here): decode it off this thread.
+//!             Event::Decode(job) => s.handle_decoded(now, job.run()),
 //!             Event::Reply { token, result, .. } => replies.push((token, result)),
 //!             Event::Closed(reason) => closed = Some(reason),
 //!         }
@@ -114,7 +116,7 @@ use crate::codec::CodecRegistry;
 use crate::error::ProtoError;
 use crate::packet::{CodecId, Packet, PacketType, Seq, Uri, XferPipe};
 use crate::plugin::{Action, CallDone, Direction, Extensions, PluginCtx, Plugins};
-use crate::proto::{FastProto, Proto};
+use crate::proto::{DecodeJob, Decoded, FastProto, Proto};
 use crate::rerror::Rerror;
 use crate::router::{decode_path, Router};
 use crate::xfer::XferRegistry;
@@ -130,14 +132,24 @@ pub struct SessionConfig {
     /// Most of the peer's pulls being handled at once; over it the session
     /// asks not to be fed ([`Session::wants_input`]).
     pub max_incoming_pulls: usize,
+    /// Most bytes of the peer's pulls being handled at once (each counted
+    /// at its frame size or decoded size, whichever is larger); over it the
+    /// session asks not to be fed. One pull is always admitted when none is
+    /// held, so a single pull larger than this still gets through.
+    pub max_incoming_bytes: usize,
     /// Most encoded bytes queued for writing; over it new pulls and pushes
     /// are backpressure and the session asks not to be fed.
     pub max_queued_bytes: usize,
-    /// Close the session when nothing was read for this long.
+    /// Close the session when nothing was read for this long while no
+    /// call was in flight. The timer does not run while calls (ours or the
+    /// peer's) are in flight, nor while the session itself declines input
+    /// (backpressure); it starts afresh when they end.
     pub idle_timeout: Option<Duration>,
     /// Close the session when a frame that has started arriving is not
     /// complete this long after its first byte: a peer that drips a frame
-    /// a byte at a time keeps the idle timer fed but not this one.
+    /// a byte at a time keeps the idle timer fed but not this one. Time
+    /// during which the session declines input does not count: the frame's
+    /// clock starts afresh when reading resumes.
     pub frame_timeout: Option<Duration>,
     /// How long a graceful [`Session::close`] waits for pending calls.
     pub close_timeout: Duration,
@@ -151,6 +163,12 @@ pub struct SessionConfig {
     pub default_codec: CodecId,
     /// The read size limit: frame size and every filter's output.
     pub read_limit: usize,
+    /// Frames whose transfer filters would produce more than this many
+    /// bytes (a large gzip body) are not decoded in [`Session::handle_input`]
+    /// but handed to the adapter as [`Event::Decode`], to run away from the
+    /// thread that drives other sessions' sockets. `usize::MAX`: always
+    /// decode in place.
+    pub inline_decode_limit: usize,
 }
 
 impl Default for SessionConfig {
@@ -159,18 +177,28 @@ impl Default for SessionConfig {
             default_timeout: None,
             max_pending_pulls: 1 << 16,
             max_incoming_pulls: 1 << 16,
+            max_incoming_bytes: DEFAULT_MAX_INCOMING_BYTES,
             max_queued_bytes: 32 << 20,
             idle_timeout: None,
-            frame_timeout: None,
+            frame_timeout: Some(DEFAULT_FRAME_TIMEOUT),
             close_timeout: Duration::from_secs(30),
             slow_threshold: None,
             count_time: false,
             print_body: false,
             default_codec: CodecId::JSON,
             read_limit: crate::proto::DEFAULT_READ_LIMIT,
+            inline_decode_limit: usize::MAX,
         }
     }
 }
+
+/// The default frame timeout: a frame must arrive whole within 30 s of its
+/// first byte. Without one, a peer that sends three bytes and stops, or
+/// drips a byte every 100 ms, holds a session (and its buffer) forever.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default bound on the bytes of the peer's pulls held at once: 32 MiB.
+pub const DEFAULT_MAX_INCOMING_BYTES: usize = 32 << 20;
 
 /// What every session of one peer shares: routes, plugins, codecs,
 /// filters and settings.
@@ -320,6 +348,12 @@ pub enum Event<H, T> {
         /// From the pull to its end.
         elapsed: Duration,
     },
+    /// A frame too costly to decode in place (see
+    /// [`SessionConfig::inline_decode_limit`]): run [`DecodeJob::run`]
+    /// away from the I/O thread and hand the result to
+    /// [`Session::handle_decoded`]. Until then the session takes no further
+    /// frame off its input (frames keep their order) and declines input.
+    Decode(DecodeJob),
     /// The session is over; flush [`Session::poll_transmit`] once more,
     /// then close the connection.
     Closed(CloseReason),
@@ -375,6 +409,8 @@ struct Incoming {
     uri: Uri,
     xfer: XferPipe,
     started: Instant,
+    /// What the pull counts against `max_incoming_bytes`.
+    bytes: usize,
 }
 
 /// Our own seqs are sequential and chosen by us, so a multiplicative hash
@@ -419,6 +455,29 @@ pub struct Session<H, T, P: Proto = FastProto> {
     last_read: Instant,
     /// When the partial frame now buffered began to arrive.
     partial_since: Option<Instant>,
+    /// Bytes of the peer's pulls now held (see `max_incoming_bytes`).
+    incoming_bytes: usize,
+    /// The idle timer counts from here or `last_read`, whichever is later:
+    /// moved on when calls stop being in flight and when reading resumes.
+    idle_from: Instant,
+    /// As last seen: the session declined input (backpressure).
+    paused: bool,
+    /// As last seen: calls were in flight.
+    busy: bool,
+    /// The input ended (the peer shut down its side); what is buffered is
+    /// still handled.
+    input_ended: bool,
+    /// A frame of this size is being decoded away ([`Event::Decode`]).
+    decoding: Option<usize>,
+    /// `process_input` is running (plugin actions can re-enter the session).
+    processing: bool,
+    /// The last frame loop stopped at a limit with frames still buffered.
+    rx_held: bool,
+    /// Why a graceful close that is under way will end (a half-close ends
+    /// as `PeerClosed`, a requested close as `Local`).
+    closing_reason: Option<CloseReason>,
+    /// Why the session ended, once it has: refusals say so.
+    closed_reason: Option<CloseReason>,
     wakes: Vec<Option<Instant>>,
     ext: Extensions,
     actions: Vec<Action>,
@@ -454,6 +513,16 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             state: State::Open,
             last_read: now,
             partial_since: None,
+            incoming_bytes: 0,
+            idle_from: now,
+            paused: false,
+            busy: false,
+            input_ended: false,
+            decoding: None,
+            processing: false,
+            rx_held: false,
+            closing_reason: None,
+            closed_reason: None,
             wakes: vec![None; n],
             ext: Extensions::default(),
             actions: Vec::new(),
@@ -515,13 +584,47 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         self.tx.len()
     }
 
+    /// Bytes of the peer's pulls being handled now (see
+    /// [`SessionConfig::max_incoming_bytes`]).
+    pub fn incoming_bytes(&self) -> usize {
+        self.incoming_bytes
+    }
+
     /// Whether the adapter should read more input now. `false` while the
-    /// peer's unanswered pulls or our unwritten bytes are over their bounds:
-    /// not reading is how backpressure reaches the peer.
+    /// peer's unanswered pulls (count or bytes) or our unwritten bytes are
+    /// over their bounds, while a frame is being decoded away, and once the
+    /// input has ended: not reading is how backpressure reaches the peer.
     pub fn wants_input(&self) -> bool {
         self.state != State::Closed
-            && self.incoming.len() < self.shared.config.max_incoming_pulls
+            && !self.input_ended
+            && self.admits_frames()
             && self.tx.len() < self.shared.config.max_queued_bytes
+    }
+
+    /// Whether another frame may be taken off the buffered input: the
+    /// peer's pulls are within their bounds and no frame is being decoded
+    /// away. (Our own unwritten bytes stop reading from the socket, not the
+    /// handling of frames already read: those are bounded by the buffer.)
+    fn admits_frames(&self) -> bool {
+        let cfg = &self.shared.config;
+        self.decoding.is_none()
+            && self.incoming.len() < cfg.max_incoming_pulls
+            && (self.incoming_bytes == 0 || self.incoming_bytes < cfg.max_incoming_bytes)
+    }
+
+    /// The error a refused call gets once the session is over: it says why
+    /// the session ended.
+    fn closed_error(&self) -> Rerror {
+        let why = match &self.closed_reason {
+            Some(r) => format!("session is closed: {}", r.pull_error().detail),
+            None => "session is closed".to_string(),
+        };
+        Rerror::conn_closed().with_detail(why)
+    }
+
+    /// Why the session ended, once it has.
+    pub fn closed_reason(&self) -> Option<&CloseReason> {
+        self.closed_reason.as_ref()
     }
 
     // ---- sending -------------------------------------------------------
@@ -537,7 +640,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             State::Closing { .. } => {
                 return Err(Rerror::conn_closed().with_detail("session is closing"))
             }
-            State::Closed => return Err(Rerror::conn_closed().with_detail("session is closed")),
+            State::Closed => return Err(self.closed_error()),
         }
         if pulls && self.pending.len() >= cfg.max_pending_pulls {
             return Err(Rerror::new(Rerror::CODE_BACKPRESSURE, "Backpressure")
@@ -579,7 +682,9 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         timeout: Option<Duration>,
         token: T,
     ) -> Result<Seq, (Rerror, T)> {
-        match self.pull_inner(now, packet, timeout, Origin::User(token)) {
+        let r = self.pull_inner(now, packet, timeout, Origin::User(token));
+        self.observe(now);
+        match r {
             Ok(seq) => Ok(seq),
             Err((e, Origin::User(t))) => Err((e, t)),
             Err((_, Origin::Plugin(_))) => unreachable!("a user pull keeps its origin"),
@@ -637,7 +742,9 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
     /// Sends a push (one-way). Like [`Session::pull`] for what the packet
     /// carries and for refusals.
     pub fn push(&mut self, now: Instant, packet: Packet) -> Result<Seq, Rerror> {
-        self.push_inner(now, packet, false)
+        let r = self.push_inner(now, packet, false);
+        self.observe(now);
+        r
     }
 
     fn push_inner(
@@ -685,10 +792,54 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             return Err(Rerror::new(Rerror::CODE_BAD_PACKET, "No Such Pull")
                 .with_detail(format!("no pull with seq {seq} awaits a reply")));
         };
+        self.incoming_bytes -= inc.bytes;
         let r = self.send_reply(now, seq, inc.uri, inc.xfer, result, Some(inc.started));
         self.check_drained(now);
         self.apply_actions(now);
+        // Room for frames that waited in the buffer for this one to end.
+        if self.rx_held && !self.processing {
+            self.process_input(now);
+        }
+        self.observe(now);
         r
+    }
+
+    /// Registers the peer's pull `seq` as awaiting a reply; `false` if a
+    /// pull with that seq is still being handled.
+    fn admit_pull(&mut self, now: Instant, p: &Packet, frame_len: usize) -> bool {
+        match self.incoming.entry(p.seq.0) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                let bytes = frame_len.max(p.body.len() + p.uri.len());
+                self.incoming_bytes += bytes;
+                v.insert(Incoming {
+                    uri: p.uri.clone(),
+                    xfer: p.xfer.clone(),
+                    started: now,
+                    bytes,
+                });
+                true
+            }
+        }
+    }
+
+    /// Notes, at `now`, whether the session declines input and whether
+    /// calls are in flight: the idle and frame timers start afresh when
+    /// reading resumes, and the idle timer when the last call ends.
+    fn observe(&mut self, now: Instant) {
+        let paused = !self.wants_input();
+        if self.paused && !paused {
+            self.idle_from = now;
+            if self.partial_since.is_some() {
+                self.partial_since = Some(now);
+            }
+        }
+        self.paused = paused;
+        let busy = !self.pending.is_empty() || !self.incoming.is_empty();
+        if self.busy && !busy {
+            self.idle_from = now;
+        }
+        self.busy = busy;
     }
 
     fn error_reply(&self, seq: Seq, uri: Uri, xfer: XferPipe, e: &Rerror) -> Packet {
@@ -784,38 +935,64 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         self.close_by(now, now.checked_add(timeout).unwrap_or(now));
     }
 
-    /// [`Session::close`] with an explicit deadline.
+    /// [`Session::close`] with an explicit deadline. On a session already
+    /// closing, an earlier deadline than the one it has replaces it.
     pub fn close_by(&mut self, now: Instant, deadline: Instant) {
-        if self.state == State::Open {
-            self.state = State::Closing { deadline };
-            self.check_drained(now);
+        match self.state {
+            State::Open => {
+                self.state = State::Closing { deadline };
+                self.check_drained(now);
+            }
+            State::Closing { deadline: d } if deadline < d => {
+                self.state = State::Closing { deadline };
+            }
+            _ => {}
         }
+        self.observe(now);
     }
 
     // ---- input ---------------------------------------------------------
 
     /// Feeds bytes read from the connection. Complete frames are handled at
-    /// once; a partial frame waits for the rest.
+    /// once, as far as the peer's pulls are within their bounds (the rest
+    /// wait in the buffer until replies make room); a partial frame waits
+    /// for the rest.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
-        if self.state == State::Closed {
+        if self.state == State::Closed || self.input_ended {
             return;
         }
         self.rx.extend_from_slice(data);
         self.last_read = now;
         self.process_input(now);
+        self.observe(now);
     }
 
     fn process_input(&mut self, now: Instant) {
+        if self.processing {
+            return;
+        }
+        self.processing = true;
         let mut decoded = false;
+        self.rx_held = false;
+        let budget = self.shared.config.inline_decode_limit;
         while self.state != State::Closed {
+            if !self.admits_frames() {
+                self.rx_held = !self.rx.is_empty();
+                break;
+            }
             let before = self.rx.len();
-            match self.proto.decode(&mut self.rx) {
-                Ok(Some(p)) => {
+            match self.proto.decode_within(&mut self.rx, budget) {
+                Ok(Some(Decoded::Packet(p))) => {
                     let len = before - self.rx.len();
                     self.stats.frames_in += 1;
                     self.stats.bytes_in += len as u64;
                     decoded = true;
                     self.on_packet(now, p, len);
+                }
+                Ok(Some(Decoded::Deferred(job))) => {
+                    decoded = true;
+                    self.decoding = Some(before - self.rx.len());
+                    self.events.push_back(Event::Decode(job));
                 }
                 Ok(None) => {
                     // A frame that began in this input starts its clock now;
@@ -833,20 +1010,84 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 }
             }
         }
+        self.processing = false;
         self.apply_actions(now);
+        self.check_input_end(now);
     }
 
-    /// The connection's input ended (the peer closed or shut down its
-    /// write side). A partial frame left over is a protocol error.
-    pub fn handle_eof(&mut self, now: Instant) {
+    /// The result of an [`Event::Decode`]'s job: the frame is handled as if
+    /// it had just been decoded, then the buffered input after it.
+    pub fn handle_decoded(&mut self, now: Instant, result: Result<Packet, ProtoError>) {
+        let Some(len) = self.decoding.take() else {
+            return; // closed meanwhile
+        };
         if self.state == State::Closed {
             return;
         }
-        let reason = match self.proto.decode_eof(&mut self.rx) {
-            Err(e) => CloseReason::Protocol(e),
-            Ok(_) => CloseReason::PeerClosed,
-        };
-        self.abort(now, reason);
+        match result {
+            Ok(p) => {
+                self.stats.frames_in += 1;
+                self.stats.bytes_in += len as u64;
+                self.on_packet(now, p, len);
+                self.apply_actions(now);
+            }
+            Err(e) => {
+                tracing::warn!(session = self.id, error = %e, "bad frame, closing session");
+                self.abort(now, CloseReason::Protocol(e));
+            }
+        }
+        self.process_input(now);
+        self.observe(now);
+    }
+
+    /// The connection's input ended (the peer closed or shut down its
+    /// write side). Frames already buffered are still handled; a partial
+    /// frame left over is a protocol error. Our pulls can get no reply any
+    /// more and fail; pulls of the peer's that are being handled finish
+    /// and their replies go out (the peer may only have shut down its
+    /// writing side), then the session ends as [`CloseReason::PeerClosed`].
+    pub fn handle_eof(&mut self, now: Instant) {
+        if self.state == State::Closed || self.input_ended {
+            return;
+        }
+        self.input_ended = true;
+        self.process_input(now);
+        self.observe(now);
+    }
+
+    /// Once the input has ended and every buffered frame is handled: the
+    /// end of the session, or of its input only, as [`Session::handle_eof`]
+    /// says.
+    fn check_input_end(&mut self, now: Instant) {
+        if !self.input_ended || self.state == State::Closed {
+            return;
+        }
+        if self.rx_held || self.decoding.is_some() {
+            return; // frames still to handle first
+        }
+        if let Err(e) = self.proto.decode_eof(&mut self.rx) {
+            self.abort(now, CloseReason::Protocol(e));
+            return;
+        }
+        if self.incoming.is_empty() {
+            self.abort(now, CloseReason::PeerClosed);
+            return;
+        }
+        // Our pulls cannot be answered any more.
+        self.fail_pending(now, &CloseReason::PeerClosed);
+        if self.state == State::Open {
+            let timeout = self.shared.config.close_timeout;
+            self.state = State::Closing {
+                deadline: now.checked_add(timeout).unwrap_or(now),
+            };
+        }
+        self.closing_reason.get_or_insert(CloseReason::PeerClosed);
+        tracing::debug!(
+            session = self.id,
+            handlers = self.incoming.len(),
+            "input ended; finishing the peer's pulls before closing"
+        );
+        self.check_drained(now);
     }
 
     /// The transport failed; the session ends.
@@ -868,20 +1109,9 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 // Swallowed by a plugin. A swallowed pull is the plugin's to
                 // answer (`PluginCtx::reply`): register it so the reply
                 // finds it, as a routed pull would be.
-                if p.ptype == PacketType::PULL {
-                    match self.incoming.entry(p.seq.0) {
-                        Entry::Vacant(v) => {
-                            v.insert(Incoming {
-                                uri: p.uri.clone(),
-                                xfer: p.xfer.clone(),
-                                started: now,
-                            });
-                        }
-                        Entry::Occupied(_) => {
-                            tracing::warn!(session = self.id, seq = %p.seq, uri = %p.uri,
-                                "swallowed pull reuses the seq of a pull still being handled");
-                        }
-                    }
+                if p.ptype == PacketType::PULL && !self.admit_pull(now, &p, len) {
+                    tracing::warn!(session = self.id, seq = %p.seq, uri = %p.uri,
+                        "swallowed pull reuses the seq of a pull still being handled");
                 }
                 return self.apply_actions(now);
             }
@@ -889,29 +1119,20 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             Err(e) => Err(e),
         };
         match p.ptype {
-            PacketType::PULL => self.on_pull(now, p, result),
+            PacketType::PULL => self.on_pull(now, p, result, len),
             PacketType::PUSH => self.on_push(now, p, result),
             _ => self.on_reply(now, p, result, len),
         }
     }
 
-    fn on_pull(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>) {
+    fn on_pull(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>, len: usize) {
         let seq = p.seq;
-        // Registered first, in one lookup: whatever happens next, the
-        // pull gets exactly one reply.
-        match self.incoming.entry(seq.0) {
-            Entry::Occupied(_) => {
-                tracing::warn!(session = self.id, %seq, uri = %p.uri,
-                    "pull reuses the seq of a pull still being handled; dropped");
-                return;
-            }
-            Entry::Vacant(v) => {
-                v.insert(Incoming {
-                    uri: p.uri.clone(),
-                    xfer: p.xfer.clone(),
-                    started: now,
-                });
-            }
+        // Registered first: whatever happens next, the pull gets exactly
+        // one reply.
+        if !self.admit_pull(now, &p, len) {
+            tracing::warn!(session = self.id, %seq, uri = %p.uri,
+                "pull reuses the seq of a pull still being handled; dropped");
+            return;
         }
         let routed = header.and_then(|()| {
             if let State::Closing { .. } = self.state {
@@ -1043,9 +1264,29 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
 
     // ---- time ----------------------------------------------------------
 
+    /// Whether the idle and frame timers run: not while the session
+    /// declines input (it chose not to read) or its input has ended.
+    fn input_timers_run(&self) -> bool {
+        self.wants_input()
+    }
+
     fn frame_deadline(&self) -> Option<Instant> {
+        if !self.input_timers_run() {
+            return None;
+        }
         let limit = self.shared.config.frame_timeout?;
         self.partial_since?.checked_add(limit)
+    }
+
+    /// The idle timer runs while no call is in flight and input is wanted,
+    /// from the last read or the last time that began to hold, whichever
+    /// is later.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let idle = self.shared.config.idle_timeout?;
+        if !self.input_timers_run() || !self.pending.is_empty() || !self.incoming.is_empty() {
+            return None;
+        }
+        self.last_read.max(self.idle_from).checked_add(idle)
     }
 
     /// The earliest instant the session wants [`Session::handle_timeout`]
@@ -1063,12 +1304,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         if let State::Closing { deadline } = self.state {
             consider(Some(deadline));
         }
-        consider(
-            self.shared
-                .config
-                .idle_timeout
-                .and_then(|d| self.last_read.checked_add(d)),
-        );
+        consider(self.idle_deadline());
         consider(self.frame_deadline());
         for w in &self.wakes {
             consider(*w);
@@ -1083,6 +1319,10 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         if self.state == State::Closed {
             return;
         }
+        // Reading may have resumed, or the last call ended, since the last
+        // look (a flush makes room without a clock): the timers start
+        // afresh from then, not from before.
+        self.observe(now);
         while let Some(&(d, seq)) = self.deadlines.first() {
             if d > now {
                 break;
@@ -1094,8 +1334,8 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 self.resolve(now, Seq(seq), pend, Err(e), None);
             }
         }
-        if let Some(idle) = self.shared.config.idle_timeout {
-            if self.last_read.checked_add(idle).is_some_and(|at| at <= now) {
+        if let (Some(at), Some(idle)) = (self.idle_deadline(), self.shared.config.idle_timeout) {
+            if at <= now {
                 self.abort(now, CloseReason::Idle(idle));
                 return;
             }
@@ -1134,6 +1374,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 self.abort(now, reason);
             }
         }
+        self.observe(now);
     }
 
     // ---- output --------------------------------------------------------
@@ -1171,15 +1412,16 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
     fn check_drained(&mut self, now: Instant) {
         if let State::Closing { .. } = self.state {
             if self.pending.is_empty() && self.incoming.is_empty() {
-                self.finish(now, CloseReason::Local);
+                let reason = self.closing_reason.take().unwrap_or(CloseReason::Local);
+                self.finish(now, reason);
             }
         }
     }
 
-    /// Ends the session now: every pending pull fails once with the
-    /// connection-closed error, unanswered peer pulls are abandoned.
-    fn abort(&mut self, now: Instant, reason: CloseReason) {
-        if self.state == State::Closed {
+    /// Fails every pending pull of ours, in seq order, with the error of
+    /// `reason`.
+    fn fail_pending(&mut self, now: Instant, reason: &CloseReason) {
+        if self.pending.is_empty() {
             return;
         }
         let err = reason.pull_error();
@@ -1189,12 +1431,25 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         for (seq, pend) in pending {
             self.resolve(now, Seq(seq), pend, Err(err.clone()), None);
         }
+    }
+
+    /// Ends the session now: every pending pull fails once with the
+    /// connection-closed error, unanswered peer pulls are abandoned.
+    fn abort(&mut self, now: Instant, reason: CloseReason) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.fail_pending(now, &reason);
         self.incoming.clear();
+        self.incoming_bytes = 0;
         self.finish(now, reason);
     }
 
     fn finish(&mut self, now: Instant, reason: CloseReason) {
         self.state = State::Closed;
+        self.closed_reason = Some(reason.clone());
+        self.decoding = None;
+        self.rx = BytesMut::new();
         self.wakes.iter_mut().for_each(|w| *w = None);
         self.actions.clear();
         let _ = self.hooks(now, None, |pl, ctx| {

@@ -154,6 +154,9 @@ pub struct Link {
     pub last_delivery: Option<Instant>,
     /// Whether the reader was told the input ended.
     pub eof_sent: bool,
+    /// The socket buffers' room: the writer's queue is moved into the
+    /// pipe only while the pipe holds less than this.
+    pub capacity: usize,
 }
 
 impl Link {
@@ -165,6 +168,7 @@ impl Link {
             delivered: 0,
             last_delivery: None,
             eof_sent: false,
+            capacity: usize::MAX,
         }
     }
 
@@ -223,6 +227,8 @@ pub struct Side {
     pub pulls_routed: u64,
     /// `Closed` and when it came.
     pub closed: Option<(CloseReason, Instant)>,
+    /// Frames whose decoding the session handed out (`Event::Decode`).
+    pub decodes: u64,
     next_token: Token,
 }
 
@@ -238,6 +244,7 @@ impl Side {
             deferred: Vec::new(),
             pulls_routed: 0,
             closed: None,
+            decodes: 0,
             next_token: 0,
         }
     }
@@ -310,6 +317,10 @@ impl Side {
                     }
                 }
                 Event::Push(p) => self.pushes.push((p.handler, p.packet)),
+                Event::Decode(job) => {
+                    self.decodes += 1;
+                    self.session.handle_decoded(now, job.run());
+                }
                 Event::Reply {
                     seq,
                     token,
@@ -507,9 +518,14 @@ impl Pair {
 
     /// Moves what both sessions encoded into the pipes (no delivery).
     pub fn transmit(&mut self) -> bool {
-        let a = self.client.session.poll_transmit(&mut self.c2s.pipe);
-        let b = self.server.session.poll_transmit(&mut self.s2c.pipe);
-        a + b > 0
+        let mut moved = 0;
+        if self.c2s.pipe.len() < self.c2s.capacity {
+            moved += self.client.session.poll_transmit(&mut self.c2s.pipe);
+        }
+        if self.s2c.pipe.len() < self.s2c.capacity {
+            moved += self.server.session.poll_transmit(&mut self.s2c.pipe);
+        }
+        moved > 0
     }
 
     /// Events, transmits, one chunk each way, handlers, and the

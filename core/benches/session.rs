@@ -16,11 +16,16 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use prost::Message;
 use teleport_core::bytes::{Bytes, BytesMut};
-use teleport_core::{CodecId, Event, Packet, Role, Router, Session, Shared, Uri};
+use teleport_core::{AnyProto, CodecId, Event, Packet, Proto, Role, Router, Session, Shared, Uri};
 
 use bench_message::{BenchmarkMessage, FILLED_LEN};
 
-fn round_trip(c: &mut Criterion) {
+/// The round trip with sessions speaking the proto `make` gives.
+fn round_trip_with<P: Proto>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    make: impl Fn(&Shared<u8>) -> P,
+) {
     let body = Bytes::from(BenchmarkMessage::filled().encode_to_vec());
     assert_eq!(body.len(), FILLED_LEN);
 
@@ -28,8 +33,10 @@ fn round_trip(c: &mut Criterion) {
     router.pull("/echo/proto", 1u8);
     let shared = Arc::new(Shared::new(router));
     let now = Instant::now();
-    let mut client: Session<u8, u64> = Session::new(shared.clone(), Role::Dialer, 1, now);
-    let mut server: Session<u8, u64> = Session::new(shared, Role::Acceptor, 2, now);
+    let (cp, sp) = (make(&shared), make(&shared));
+    let mut client: Session<u8, u64, P> =
+        Session::with_proto(shared.clone(), Role::Dialer, 1, cp, now);
+    let mut server: Session<u8, u64, P> = Session::with_proto(shared, Role::Acceptor, 2, sp, now);
     let mut wire = BytesMut::with_capacity(4096);
 
     let mut one = |token: u64| {
@@ -59,14 +66,26 @@ fn round_trip(c: &mut Criterion) {
     // The reply is the pull's body, matched to its token.
     assert_eq!(one(0).body, body);
 
-    let mut g = c.benchmark_group("session");
-    g.throughput(Throughput::Elements(1));
     let mut token = 1;
-    g.bench_function("pull_reply_round_trip_581B", |b| {
+    g.bench_function(name, |b| {
         b.iter(|| {
             token += 1;
             black_box(one(token))
         })
+    });
+}
+
+fn round_trip(c: &mut Criterion) {
+    let mut g = c.benchmark_group("session");
+    g.throughput(Throughput::Elements(1));
+    round_trip_with(&mut g, "pull_reply_round_trip_581B", |s| s.fast_proto());
+    // The proto a peer picks at run time: the fast one inside `AnyProto`
+    // (what every peer runs by default), and a boxed one (a user's).
+    round_trip_with(&mut g, "pull_reply_round_trip_581B_any_fast", |s| {
+        AnyProto::new(None, s.config.read_limit, &s.xfers)
+    });
+    round_trip_with(&mut g, "pull_reply_round_trip_581B_boxed", |s| {
+        Box::new(s.fast_proto()) as Box<dyn Proto>
     });
     g.finish();
 }

@@ -35,8 +35,8 @@ pub use meta::Meta;
 pub use packet::{CodecId, Packet, PacketType, Seq, Uri, XferId, XferPipe};
 pub use plugin::{Plugin, PluginCtx, Plugins};
 pub use proto::{
-    pipe_is_known, DecodeJob, Decoded, FastProto, Proto, DEFAULT_READ_LIMIT, MAX_EAGER_RESERVE,
-    MIN_FRAME,
+    pipe_is_known, AnyProto, DecodeJob, Decoded, FastProto, MakeProto, Proto, DEFAULT_READ_LIMIT,
+    MAX_EAGER_RESERVE, MIN_FRAME,
 };
 pub use rerror::Rerror;
 pub use router::{RouteKind, Router};

@@ -443,3 +443,137 @@ pub fn pipe_is_known(xfers: &XferRegistry, pipe: &XferPipe) -> Result<(), ProtoE
     pipe.iter()
         .try_for_each(|id: XferId| xfers.get(id).map(drop).map_err(Into::into))
 }
+
+/// Makes the proto of each new connection: the seed's `ProtoFunc`. A proto
+/// may keep parse state, so every connection gets its own.
+///
+/// Any `Fn(read_limit, filters) -> Box<dyn Proto>` is one:
+///
+/// ```
+/// use std::sync::Arc;
+/// use teleport_core::{FastProto, MakeProto, Proto, XferRegistry};
+///
+/// let make = |limit: usize, xfers: &Arc<XferRegistry>| -> Box<dyn Proto> {
+///     Box::new(FastProto::new(limit, xfers.clone()))
+/// };
+/// let proto = make.make_proto(1 << 20, &Arc::new(XferRegistry::default()));
+/// assert_eq!(proto.name(), "fast");
+/// ```
+pub trait MakeProto: Send + Sync + 'static {
+    /// A proto for a new connection, with the peer's read limit (the
+    /// largest frame to accept or send) and the filters it knows.
+    fn make_proto(&self, read_limit: usize, xfers: &Arc<XferRegistry>) -> Box<dyn Proto>;
+}
+
+impl<F> MakeProto for F
+where
+    F: Fn(usize, &Arc<XferRegistry>) -> Box<dyn Proto> + Send + Sync + 'static,
+{
+    fn make_proto(&self, read_limit: usize, xfers: &Arc<XferRegistry>) -> Box<dyn Proto> {
+        self(read_limit, xfers)
+    }
+}
+
+/// The proto of a session whose frame format is chosen at run time: the
+/// fast proto, called directly (the default costs no indirection), or any
+/// other behind a box.
+pub enum AnyProto {
+    /// Go teleport's "fast" proto.
+    Fast(FastProto),
+    /// A proto of the user's.
+    Custom(Box<dyn Proto>),
+}
+
+impl AnyProto {
+    /// The proto `make` makes, or the fast proto when there is none.
+    pub fn new(make: Option<&dyn MakeProto>, read_limit: usize, xfers: &Arc<XferRegistry>) -> Self {
+        match make {
+            Some(m) => AnyProto::Custom(m.make_proto(read_limit, xfers)),
+            None => AnyProto::Fast(FastProto::new(read_limit, xfers.clone())),
+        }
+    }
+}
+
+impl std::fmt::Debug for AnyProto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AnyProto({})", self.name())
+    }
+}
+
+impl Proto for AnyProto {
+    fn id(&self) -> u8 {
+        match self {
+            AnyProto::Fast(p) => p.id(),
+            AnyProto::Custom(p) => p.id(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            AnyProto::Fast(p) => p.name(),
+            AnyProto::Custom(p) => p.name(),
+        }
+    }
+
+    fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), ProtoError> {
+        match self {
+            AnyProto::Fast(p) => p.encode(packet, dst),
+            AnyProto::Custom(p) => p.encode(packet, dst),
+        }
+    }
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError> {
+        match self {
+            AnyProto::Fast(p) => p.decode(src),
+            AnyProto::Custom(p) => p.decode(src),
+        }
+    }
+
+    fn decode_within(
+        &mut self,
+        src: &mut BytesMut,
+        budget: usize,
+    ) -> Result<Option<Decoded>, ProtoError> {
+        match self {
+            AnyProto::Fast(p) => p.decode_within(src, budget),
+            AnyProto::Custom(p) => p.decode_within(src, budget),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError> {
+        match self {
+            AnyProto::Fast(p) => p.decode_eof(src),
+            AnyProto::Custom(p) => p.decode_eof(src),
+        }
+    }
+}
+
+impl<P: Proto + ?Sized> Proto for Box<P> {
+    fn id(&self) -> u8 {
+        (**self).id()
+    }
+
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn encode(&mut self, packet: &Packet, dst: &mut BytesMut) -> Result<(), ProtoError> {
+        (**self).encode(packet, dst)
+    }
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError> {
+        (**self).decode(src)
+    }
+
+    fn decode_within(
+        &mut self,
+        src: &mut BytesMut,
+        budget: usize,
+    ) -> Result<Option<Decoded>, ProtoError> {
+        (**self).decode_within(src, budget)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtoError> {
+        (**self).decode_eof(src)
+    }
+}

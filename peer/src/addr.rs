@@ -10,6 +10,8 @@ pub enum PeerAddr {
     Tcp(SocketAddr),
     /// A Unix socket path (empty for an unnamed client socket).
     Unix(String),
+    /// A connection the user handed over: what they said it is.
+    Other(String),
 }
 
 impl fmt::Display for PeerAddr {
@@ -18,6 +20,7 @@ impl fmt::Display for PeerAddr {
             PeerAddr::Tcp(a) => a.fmt(f),
             PeerAddr::Unix(p) if p.is_empty() => f.write_str("unix:(unnamed)"),
             PeerAddr::Unix(p) => write!(f, "unix:{p}"),
+            PeerAddr::Other(s) => f.write_str(s),
         }
     }
 }
@@ -27,7 +30,7 @@ impl PeerAddr {
     pub fn dial_string(&self) -> String {
         match self {
             PeerAddr::Tcp(a) => a.to_string(),
-            PeerAddr::Unix(p) => p.clone(),
+            PeerAddr::Unix(p) | PeerAddr::Other(p) => p.clone(),
         }
     }
 }

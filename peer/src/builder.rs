@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use teleport_core::router::to_snake_case;
 use teleport_core::{
-    Codec, CodecRegistry, DecodeBody, Plugin, Plugins, Rerror, Router, Shared, XferFilter,
-    XferRegistry,
+    Codec, CodecRegistry, DecodeBody, MakeProto, Plugin, Plugins, Rerror, Router, Shared,
+    XferFilter, XferRegistry,
 };
 
 use crate::config::PeerConfig;
 use crate::handler::{pull_handler, push_handler, Handler, IntoReply, PullCtx, PushCtx};
-use crate::registry::PeerCore;
+use crate::registry::{PeerCore, ProtoFunc};
 
 /// Builds a peer: routes, plugins, codecs and filters are fixed before
 /// the first session starts.
@@ -40,6 +40,7 @@ pub struct PeerBuilder {
     plugins: Plugins,
     codecs: CodecRegistry,
     xfers: XferRegistry,
+    proto: Option<ProtoFunc>,
 }
 
 impl PeerBuilder {
@@ -51,6 +52,7 @@ impl PeerBuilder {
             plugins: Plugins::new(),
             codecs: CodecRegistry::default(),
             xfers: XferRegistry::default(),
+            proto: None,
         }
     }
 
@@ -134,6 +136,14 @@ impl PeerBuilder {
         self
     }
 
+    /// The frame format of every session that names none (the seed's
+    /// `SetDefaultProtoFunc`); the default is Go teleport's fast proto.
+    /// Both ends of a connection must speak the same one.
+    pub fn proto(&mut self, make: impl MakeProto) -> &mut Self {
+        self.proto = Some(Arc::new(make));
+        self
+    }
+
     /// Adds (or replaces) a transfer filter.
     pub fn xfer_filter(&mut self, filter: impl XferFilter) -> &mut Self {
         self.xfers.register(Arc::new(filter));
@@ -155,7 +165,7 @@ impl PeerBuilder {
             xfers: Arc::new(self.xfers),
             config: session_config,
         });
-        Ok(Arc::new(PeerCore::new(self.config, shared)))
+        Ok(Arc::new(PeerCore::new(self.config, shared, self.proto)))
     }
 }
 

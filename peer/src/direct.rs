@@ -18,7 +18,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -29,16 +29,58 @@ use teleport_core::{CloseReason, State};
 use crate::driver::{carry_out_call, CoreSession};
 use crate::session::{Command, DirectPath};
 
-/// A socket's writing side, written without waiting.
-pub trait TryWrite: Send + Sync {
-    /// Writes what the socket takes now; `WouldBlock` when it takes
-    /// nothing.
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+/// A connection's writing side, as its owner and the session's callers
+/// share it. The owner writes with [`ConnWrite::poll_write`] (and is woken
+/// when the connection takes more); a caller only ever tries
+/// ([`ConnWrite::try_write`]), which must neither wait nor register a
+/// wake-up: a stream that cannot write without one (TLS, a user's stream)
+/// says `WouldBlock`, and its owner writes what the caller encoded.
+pub trait ConnWrite: Send + 'static {
+    /// Writes what the connection takes now, without waiting and without
+    /// registering for a wake-up; `WouldBlock` when it takes nothing (or
+    /// cannot write that way at all: the default).
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = buf;
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// Writes some of `buf`, or registers `cx` to be woken when it can.
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+
+    /// Pushes out what the writer buffers itself (TLS records).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Flushes, then ends the writing side (TLS: close_notify; then FIN).
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-impl<W: TryWrite + ?Sized> TryWrite for Arc<W> {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        (**self).try_write(buf)
+/// A closed connection's writer and its last bytes, to write out and shut
+/// down ([`Closing::poll_close`]) before the socket goes.
+pub struct Closing<W> {
+    /// The writer.
+    pub wr: W,
+    last: BytesMut,
+}
+
+impl<W: ConnWrite> Closing<W> {
+    /// Writes the last bytes, then shuts the writing side down.
+    pub fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.last.is_empty() {
+            match self.wr.poll_write(cx, &self.last) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.last.advance(n),
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.wr.poll_shutdown(cx)
+    }
+
+    /// The last bytes are what the core had not handed out yet: nothing
+    /// else waits.
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
     }
 }
 
@@ -49,6 +91,8 @@ pub struct Live<W> {
     wr: W,
     /// Encoded bytes the socket has not taken yet, in order.
     wbuf: BytesMut,
+    /// Written since the writer was last flushed.
+    unflushed: bool,
     /// A write failed; [`SharedConn::turn`] ends the session with it.
     write_error: Option<io::Error>,
     /// The deadline the owner waits for, as of its last turn.
@@ -57,17 +101,56 @@ pub struct Live<W> {
     wants_input: bool,
 }
 
-impl<W: TryWrite> Live<W> {
+impl<W: ConnWrite> Live<W> {
     /// The state of a new connection over `wr`.
     pub fn new(core: CoreSession, wr: W) -> Self {
         Live {
             core,
             wr,
             wbuf: BytesMut::new(),
+            unflushed: false,
             write_error: None,
             armed: None,
             wants_input: true,
         }
+    }
+
+    /// The owner's write: what waits, then the core's output, then a
+    /// flush, registering `cx` where the writer cannot go on. Ready once
+    /// nothing is left to write (or a write failed: the next turn ends
+    /// the session).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.write_error.is_none() {
+            if self.wbuf.is_empty() {
+                if !self.core.has_transmit() {
+                    break;
+                }
+                self.core.poll_transmit(&mut self.wbuf);
+            }
+            match self.wr.poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => self.write_error = Some(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.wbuf.advance(n);
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Poll::Ready(Err(e)) => self.write_error = Some(e),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.unflushed && self.write_error.is_none() {
+            match self.wr.poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => self.write_error = Some(e),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Whether the owner has writing to do: bytes wait, or a flush.
+    fn wants_write(&self) -> bool {
+        !self.wbuf.is_empty() || self.unflushed
     }
 
     /// Writes what the socket takes without waiting: first what waits,
@@ -84,7 +167,10 @@ impl<W: TryWrite> Live<W> {
             }
             match self.wr.try_write(&self.wbuf) {
                 Ok(0) => self.write_error = Some(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.wbuf.advance(n),
+                Ok(n) => {
+                    self.wbuf.advance(n);
+                    self.unflushed = true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => self.write_error = Some(e),
@@ -110,7 +196,7 @@ impl<W: TryWrite> Live<W> {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        !self.wbuf.is_empty()
+        self.wants_write()
             || self.write_error.is_some()
             || self.core.has_events()
             || earlier
@@ -119,7 +205,7 @@ impl<W: TryWrite> Live<W> {
 }
 
 /// What the owner does after [`SharedConn::turn`].
-pub enum Turn {
+pub enum Turn<W> {
     /// Wait for these, besides the wake-up, handlers and the adapter's own.
     Wait {
         /// Call `handle_timeout` at this instant.
@@ -129,9 +215,10 @@ pub enum Turn {
         /// Wait for the socket to be writable (bytes wait to be written).
         wants_write: bool,
     },
-    /// The session closed. The connection is taken away from callers; these
-    /// are its last bytes, to flush before the socket is dropped.
-    Closed(CloseReason, BytesMut),
+    /// The session closed. The connection is taken away from callers; its
+    /// writer and last bytes are to be written out and shut down
+    /// ([`Closing::poll_close`]) before the socket is dropped.
+    Closed(CloseReason, Closing<W>),
 }
 
 /// A session's connection, as its owner and its callers share it: the
@@ -143,7 +230,7 @@ pub struct SharedConn<W> {
     signal: Signal,
 }
 
-impl<W: TryWrite> Default for SharedConn<W> {
+impl<W: ConnWrite> Default for SharedConn<W> {
     fn default() -> Self {
         SharedConn {
             live: Mutex::new(None),
@@ -152,7 +239,7 @@ impl<W: TryWrite> Default for SharedConn<W> {
     }
 }
 
-impl<W: TryWrite> SharedConn<W> {
+impl<W: ConnWrite> SharedConn<W> {
     /// No connection yet.
     pub fn new() -> Self {
         Self::default()
@@ -189,32 +276,50 @@ impl<W: TryWrite> SharedConn<W> {
         &self,
         now: Instant,
         mut drain: impl FnMut(&mut CoreSession) -> Option<CloseReason>,
-    ) -> Turn {
+    ) -> Turn<W> {
         let mut guard = self.lock();
-        let Some(live) = guard.as_mut() else {
-            // Only the owner takes the connection away, and stops then.
-            return Turn::Closed(CloseReason::Local, BytesMut::new());
+        let idle = Turn::Wait {
+            deadline: None,
+            wants_input: false,
+            wants_write: false,
         };
-        loop {
+        // (Only the owner takes the connection away, and it stops then: the
+        // `idle` answers are never reached.)
+        let closed = loop {
+            let Some(live) = guard.as_mut() else {
+                return idle;
+            };
             if let Some(e) = live.write_error.take() {
                 live.core.handle_io_error(now, &e);
             }
             if let Some(reason) = drain(&mut live.core) {
-                let mut last = std::mem::take(&mut live.wbuf);
-                live.core.poll_transmit(&mut last);
-                *guard = None;
-                return Turn::Closed(reason, last);
+                break reason;
             }
             live.flush();
             if live.write_error.is_none() {
-                break;
+                return Turn::Wait {
+                    deadline: live.note_waits(),
+                    wants_input: live.wants_input,
+                    wants_write: live.wants_write(),
+                };
             }
             // The write failed: the next round closes the session.
-        }
-        Turn::Wait {
-            deadline: live.note_waits(),
-            wants_input: live.wants_input,
-            wants_write: !live.wbuf.is_empty(),
+        };
+        let Some(mut live) = guard.take() else {
+            return idle;
+        };
+        let mut last = std::mem::take(&mut live.wbuf);
+        live.core.poll_transmit(&mut last);
+        Turn::Closed(closed, Closing { wr: live.wr, last })
+    }
+
+    /// The owner writes what waits (see [`Turn::Wait::wants_write`]),
+    /// registering `cx` where the connection cannot take more. Ready when
+    /// it is done for now: take a turn then.
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.lock().as_mut() {
+            Some(live) => live.poll_flush(cx),
+            None => Poll::Ready(()),
         }
     }
 
@@ -224,7 +329,7 @@ impl<W: TryWrite> SharedConn<W> {
     }
 }
 
-impl<W: TryWrite> DirectPath for SharedConn<W> {
+impl<W: ConnWrite> DirectPath for SharedConn<W> {
     fn queued(&self) {
         self.wake();
     }

@@ -12,19 +12,20 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use teleport_core::{CloseReason, Event, Packet, ProtoError, Rerror, Role, Seq, State};
+use teleport_core::{AnyProto, CloseReason, Event, Packet, ProtoError, Rerror, Role, Seq, State};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::direct::{SharedConn, TryWrite};
+use crate::direct::{ConnWrite, SharedConn};
 use crate::handler::{BoxFuture, Handler, PullCtx, PullFn, PushCtx, PushFn};
-use crate::registry::PeerCore;
+use crate::registry::{PeerCore, ProtoFunc};
 use crate::session::{Command, DirectPath, Session};
 
 /// What a pull's caller waits on.
 pub type Token = oneshot::Sender<Result<Packet, Rerror>>;
 
-/// The core session as every adapter drives it.
-pub type CoreSession = teleport_core::Session<Handler, Token>;
+/// The core session as every adapter drives it: its proto is chosen per
+/// connection ([`teleport_core::AnyProto`]).
+pub type CoreSession = teleport_core::Session<Handler, Token, AnyProto>;
 
 /// What a handler (or a frame's decoding, run away from the connection's
 /// owner) hands back to the owner when it is over.
@@ -75,6 +76,8 @@ pub struct Driver {
     close_requested: bool,
     /// How the last connection ended, for what is refused afterwards.
     last_reason: Option<CloseReason>,
+    /// Makes each connection's proto (`None`: the fast proto).
+    proto: Option<ProtoFunc>,
 }
 
 impl Driver {
@@ -86,8 +89,10 @@ impl Driver {
         peer: Arc<PeerCore>,
         role: Role,
         dial_addr: Option<String>,
+        proto: Option<ProtoFunc>,
     ) -> Self {
         Driver {
+            proto,
             session,
             cmd_rx,
             peer,
@@ -119,7 +124,13 @@ impl Driver {
     /// is shutting down.
     pub fn open(&mut self, now: Instant, backlog: &mut Vec<Command>) -> CoreSession {
         let id = self.session.id();
-        let mut core = CoreSession::new(self.session.shared().clone(), self.role, id, now);
+        let shared = self.session.shared().clone();
+        let proto = AnyProto::new(
+            self.proto.as_deref(),
+            shared.config.read_limit,
+            &shared.xfers,
+        );
+        let mut core = CoreSession::with_proto(shared, self.role, id, proto, now);
         tracing::info!(session = id, remote = %self.session.remote_addr(), role = ?self.role, "session open");
         for cmd in backlog.drain(..) {
             self.on_command(&mut core, cmd, now);
@@ -387,7 +398,7 @@ impl Driver {
         connect: C,
         sleep: impl Fn(Duration) -> SF,
     ) where
-        W: TryWrite + 'static,
+        W: ConnWrite,
         C: Fn(String) -> CF,
         CF: Future<Output = std::io::Result<S>>,
         SF: Future<Output = ()>,

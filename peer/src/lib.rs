@@ -24,6 +24,7 @@ pub mod direct;
 mod driver;
 mod handler;
 pub mod net;
+mod options;
 mod registry;
 mod session;
 
@@ -37,5 +38,9 @@ pub use driver::{
 pub use handler::{
     pull_handler, push_handler, BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied,
 };
-pub use registry::{Abort, Blocking, Linger, PeerCore, ShutdownReport, LINGER, LINGER_BYTES};
+pub use options::{DialOptions, ListenOptions, ServeOptions};
+pub use registry::{
+    Abort, Blocking, Linger, PeerCore, ProtoFunc, SessionStart, ShutdownReport, LINGER,
+    LINGER_BYTES,
+};
 pub use session::{Call, Command, DirectPath, Reply, Session, Wake};

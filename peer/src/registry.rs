@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::OnceLock;
 
-use teleport_core::{DecodeJob, Rerror, Role, Shared};
+use teleport_core::{DecodeJob, MakeProto, Rerror, Role, Shared};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 use crate::addr::PeerAddr;
@@ -25,6 +25,58 @@ static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Stops a session's task when a shutdown times out.
 pub type Abort = Box<dyn Fn() + Send + Sync>;
+
+/// Makes the proto of a connection (the seed's `ProtoFunc`).
+pub type ProtoFunc = Arc<dyn MakeProto>;
+
+/// What a new session's connection is, for [`PeerCore::start_session`].
+pub struct SessionStart {
+    /// The other end.
+    pub remote: PeerAddr,
+    /// This end.
+    pub local: PeerAddr,
+    /// Whether this side dialed.
+    pub role: Role,
+    /// Where to re-dial, for a dialed session (`None`: never).
+    pub dial_addr: Option<String>,
+    /// The frame format; `None`: the peer's default.
+    pub proto: Option<ProtoFunc>,
+    /// Called after each command is queued (a poll loop's waker).
+    pub wake: Option<Wake>,
+}
+
+impl SessionStart {
+    /// A connection between these ends, in this role, with the peer's
+    /// default proto, never re-dialed.
+    pub fn new(remote: PeerAddr, local: PeerAddr, role: Role) -> Self {
+        SessionStart {
+            remote,
+            local,
+            role,
+            dial_addr: None,
+            proto: None,
+            wake: None,
+        }
+    }
+
+    /// Re-dialed at `addr` when its connection breaks (as configured).
+    pub fn redial_at(mut self, addr: impl Into<String>) -> Self {
+        self.dial_addr = Some(addr.into());
+        self
+    }
+
+    /// With this proto instead of the peer's default.
+    pub fn proto(mut self, proto: Option<ProtoFunc>) -> Self {
+        self.proto = proto;
+        self
+    }
+
+    /// With a hook called after each command is queued.
+    pub fn wake(mut self, wake: Option<Wake>) -> Self {
+        self.wake = wake;
+        self
+    }
+}
 
 /// Runs a closure where blocking is fine: the adapter's blocking pool
 /// (tokio's `spawn_blocking`, `blocking::unblock`). Without one, work that
@@ -70,6 +122,8 @@ pub struct PeerCore {
     /// Connections closed by their session that still wait for the peer's
     /// end of input ([`Linger`]).
     lingering: AtomicUsize,
+    /// The proto of sessions that name none.
+    default_proto: Option<ProtoFunc>,
 }
 
 impl std::fmt::Debug for PeerCore {
@@ -82,7 +136,11 @@ impl std::fmt::Debug for PeerCore {
 }
 
 impl PeerCore {
-    pub(crate) fn new(config: PeerConfig, shared: Arc<Shared<Handler>>) -> Self {
+    pub(crate) fn new(
+        config: PeerConfig,
+        shared: Arc<Shared<Handler>>,
+        default_proto: Option<ProtoFunc>,
+    ) -> Self {
         let (shutdown, _) = watch::channel(false);
         PeerCore {
             config,
@@ -98,6 +156,7 @@ impl PeerCore {
             decode_slots: Arc::new(Semaphore::new(decode_slots())),
             blocking: OnceLock::new(),
             lingering: AtomicUsize::new(0),
+            default_proto,
         }
     }
 
@@ -205,15 +264,20 @@ impl PeerCore {
     /// it, and returns how to abort that.
     pub fn start_session(
         self: &Arc<Self>,
-        remote: PeerAddr,
-        local: PeerAddr,
-        role: Role,
-        dial_addr: Option<String>,
-        wake: Option<Wake>,
+        conn: SessionStart,
         start: impl FnOnce(Driver) -> Abort,
     ) -> Session {
+        let SessionStart {
+            remote,
+            local,
+            role,
+            dial_addr,
+            proto,
+            wake,
+        } = conn;
         let (session, rx) = self.new_session(remote, local, wake);
-        let driver = Driver::new(session.clone(), rx, self.clone(), role, dial_addr);
+        let proto = proto.or_else(|| self.default_proto.clone());
+        let driver = Driver::new(session.clone(), rx, self.clone(), role, dial_addr, proto);
         self.register(&session, || start(driver));
         session
     }

@@ -15,82 +15,49 @@
 //! [`Driver`]'s.
 
 use std::future::{poll_fn, Future};
-use std::io::{self, Write};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use async_io::{Async, Timer};
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use async_io::Timer;
+use futures_lite::io::{AsyncRead, AsyncReadExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use teleport_core::CloseReason;
-use teleport_peer::direct::{Live, SharedConn, TryWrite, Turn};
+use teleport_peer::direct::{ConnWrite, Live, SharedConn, Turn};
 use teleport_peer::{
     finish_handler, BoxFuture, Command, Done, Driver, Linger, BUDGET, FINAL_FLUSH, LINGER,
     LINGER_BYTES,
 };
 
 use crate::executor::Executor;
-
-use crate::net::Stream;
+use crate::transport::Connection;
 
 /// Turns in a row that found work before the task yields to its executor:
 /// async-io's sockets never say `Pending` while they have data, so a
 /// flooded connection would otherwise keep its thread forever.
 const YIELD_AFTER: u32 = 32;
 
-/// The writing side the session's callers share: the socket itself
-/// (`Async` sockets are non-blocking, so a plain write never waits).
-enum Wr {
-    Tcp(Arc<Async<std::net::TcpStream>>),
-    #[cfg(unix)]
-    Unix(Arc<Async<std::os::unix::net::UnixStream>>),
-}
-
-impl TryWrite for Wr {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Wr::Tcp(s) => s.get_ref().write(buf),
-            #[cfg(unix)]
-            Wr::Unix(s) => s.get_ref().write(buf),
-        }
-    }
-}
-
-/// The connection as the task and the session's callers share it.
-type Conn = SharedConn<Wr>;
-
-/// Runs the session over `stream`, re-dialing as configured, until it is
-/// closed for good.
-pub(crate) async fn run(driver: Driver, stream: Stream, exec: Executor) {
-    let cfg = driver.peer().config().clone();
+/// Runs the session over `stream`, re-dialing with `connect` as
+/// configured, until it is closed for good.
+pub(crate) async fn run<S, C, CF>(driver: Driver, stream: S, connect: C, exec: Executor)
+where
+    S: Connection,
+    C: Fn(String) -> CF + Send + Sync,
+    CF: Future<Output = io::Result<S>> + Send,
+{
     driver
         .run(
             stream,
-            // Each arm drops its socket before any redial.
             async move |driver: &mut Driver,
-                        s: Stream,
-                        conn: Arc<Conn>,
+                        s: S,
+                        conn: Arc<SharedConn<S::Write>>,
                         backlog: &mut Vec<Command>| {
-                match s {
-                    Stream::Tcp(t) => {
-                        let t = Arc::new(t);
-                        let wr = Wr::Tcp(t.clone());
-                        run_conn(driver, &conn, t, wr, backlog, &exec).await
-                    }
-                    #[cfg(unix)]
-                    Stream::Unix(u) => {
-                        let u = Arc::new(u);
-                        let wr = Wr::Unix(u.clone());
-                        run_conn(driver, &conn, u, wr, backlog, &exec).await
-                    }
-                }
+                let (r, w) = s.split();
+                run_conn(driver, &conn, r, w, backlog, &exec).await
             },
-            |a| {
-                let cfg = cfg.clone();
-                async move { crate::net::connect(&cfg, &a).await.map(|(s, _, _)| s) }
-            },
+            connect,
             |d| async move {
                 Timer::after(d).await;
             },
@@ -103,22 +70,19 @@ struct Waits {
     tasks: FuturesUnordered<BoxFuture<Done>>,
     timer: Timer,
     armed: Option<Instant>,
-    /// The last read took all the socket had: wait for the reactor to say
-    /// more came before reading again. (async-io's `poll_read` tries the
-    /// read first, so without this every turn would cost a failed read.)
-    drained: bool,
 }
 
-async fn run_conn<S: Send + Sync + 'static>(
+async fn run_conn<R, W>(
     driver: &mut Driver,
-    conn: &Conn,
-    io: Arc<Async<S>>,
-    wr: Wr,
+    conn: &SharedConn<W>,
+    mut rd: R,
+    wr: W,
     backlog: &mut Vec<Command>,
     exec: &Executor,
 ) -> CloseReason
 where
-    for<'a> &'a Async<S>: AsyncRead + AsyncWrite,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: ConnWrite,
 {
     let id = driver.session().id();
     let mut now = Instant::now();
@@ -127,7 +91,6 @@ where
         tasks: FuturesUnordered::new(),
         timer: Timer::never(),
         armed: None,
-        drained: false,
     };
     let mut busy_turns = 0u32;
     loop {
@@ -143,14 +106,10 @@ where
                 wants_input,
                 wants_write,
             } => (deadline, wants_input, wants_write),
-            Turn::Closed(reason, last) => {
-                // Every queued byte, then the end of our side (the peer reads
-                // everything, then the end).
-                let flush = async {
-                    let mut s = &*io;
-                    s.write_all(&last).await?;
-                    s.close().await
-                };
+            Turn::Closed(reason, mut closing) => {
+                // Every queued byte, then the end of our side: the peer reads
+                // everything, then the end.
+                let flush = poll_fn(|cx| closing.poll_close(cx));
                 let timeout = async {
                     Timer::after(FINAL_FLUSH).await;
                     Err(io::Error::from(io::ErrorKind::TimedOut))
@@ -158,6 +117,7 @@ where
                 if let Err(e) = futures_lite::future::or(flush, timeout).await {
                     tracing::debug!(session = id, error = %e, "could not flush the last bytes");
                 }
+                drop(closing);
                 if !w.tasks.is_empty() {
                     tracing::warn!(
                         session = id,
@@ -168,7 +128,7 @@ where
                 tracing::info!(session = id, ?reason, "session closed");
                 if input_open(&reason) {
                     let guard = driver.peer().linger();
-                    exec.spawn(Box::pin(linger(io, guard)));
+                    exec.spawn(Box::pin(linger(rd, guard)));
                 }
                 return reason;
             }
@@ -182,7 +142,7 @@ where
         let mut polls = 0u32;
         now = poll_fn(|cx| {
             polls += 1;
-            w.poll(driver, conn, &io, wants_input, wants_write, cx)
+            w.poll(driver, conn, &mut rd, wants_input, wants_write, cx)
         })
         .await;
         if polls > 1 {
@@ -207,15 +167,12 @@ fn input_open(reason: &CloseReason) -> bool {
 /// for at most [`LINGER`] and [`LINGER_BYTES`], then drops the socket:
 /// closing with unread input would reset the connection, and a reset can
 /// destroy replies the peer has not read yet.
-async fn linger<S>(io: Arc<Async<S>>, _guard: Linger)
-where
-    for<'a> &'a Async<S>: AsyncRead,
-{
+async fn linger<R: AsyncRead + Unpin>(mut rd: R, _guard: Linger) {
     let drain = async {
         let mut left = LINGER_BYTES;
         let mut buf = [0u8; 4096];
         while left > 0 {
-            match (&*io).read(&mut buf).await {
+            match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => left = left.saturating_sub(n),
             }
@@ -232,18 +189,15 @@ impl Waits {
     /// ready; `Pending` (with every source's waker registered) if nothing
     /// was, else ready with when.
     #[allow(clippy::too_many_arguments)]
-    fn poll<S>(
+    fn poll<R: AsyncRead + Unpin, W: ConnWrite>(
         &mut self,
         driver: &mut Driver,
-        conn: &Conn,
-        io: &Async<S>,
+        conn: &SharedConn<W>,
+        rd: &mut R,
         wants_input: bool,
         wants_write: bool,
         cx: &mut Context<'_>,
-    ) -> Poll<Instant>
-    where
-        for<'a> &'a Async<S>: AsyncRead + AsyncWrite,
-    {
+    ) -> Poll<Instant> {
         let mut now = None;
         let mut at = || *now.get_or_insert_with(Instant::now);
 
@@ -266,52 +220,22 @@ impl Waits {
         }
 
         if wants_input {
-            let readable = if self.drained {
-                match io.poll_readable(cx) {
-                    Poll::Ready(Ok(())) => true,
-                    Poll::Ready(Err(e)) => {
-                        let t = at();
-                        conn.with_core(|core| core.handle_io_error(t, &e));
-                        false
-                    }
-                    Poll::Pending => false,
-                }
-            } else {
-                true
-            };
-            if readable {
-                let drained = &mut self.drained;
-                teleport_peer::net::with_read_buf(|buf| {
-                    let Poll::Ready(r) = Pin::new(&mut &*io).poll_read(cx, buf) else {
-                        // The reactor is watching for more.
-                        *drained = true;
-                        return;
-                    };
-                    let t = at();
-                    // From the thread's buffer into the session's: one copy.
-                    conn.with_core(|core| match r {
-                        Ok(0) => core.handle_eof(t),
-                        Ok(n) => {
-                            *drained = n < buf.len();
-                            core.handle_input(t, &buf[..n]);
-                        }
-                        Err(e) => core.handle_io_error(t, &e),
-                    });
+            teleport_peer::net::with_read_buf(|buf| {
+                let Poll::Ready(r) = Pin::new(&mut *rd).poll_read(cx, buf) else {
+                    return;
+                };
+                let t = at();
+                // From the thread's buffer into the session's: one copy.
+                conn.with_core(|core| match r {
+                    Ok(0) => core.handle_eof(t),
+                    Ok(n) => core.handle_input(t, &buf[..n]),
+                    Err(e) => core.handle_io_error(t, &e),
                 });
-            }
+            });
         }
 
-        if wants_write {
-            match io.poll_writable(cx) {
-                Poll::Ready(Ok(())) => {
-                    at();
-                }
-                Poll::Ready(Err(e)) => {
-                    let t = at();
-                    conn.with_core(|core| core.handle_io_error(t, &e));
-                }
-                Poll::Pending => {}
-            }
+        if wants_write && conn.poll_flush(cx).is_ready() {
+            at();
         }
 
         if self.armed.is_some() && Pin::new(&mut self.timer).poll(cx).is_ready() {

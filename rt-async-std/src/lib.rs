@@ -58,12 +58,14 @@ mod conn;
 mod executor;
 mod net;
 mod peer;
+pub mod transport;
 
 pub use executor::{Executor, Spawn};
 pub use peer::Peer;
 pub use teleport_peer::{
-    BoxFuture, Call, Controller, Group, Handler, IntoReply, Network, PeerAddr, PeerBuilder,
-    PeerConfig, PullCtx, PushCtx, Replied, Reply, Session, ShutdownReport,
+    BoxFuture, Call, Controller, DialOptions, Group, Handler, IntoReply, ListenOptions, Network,
+    PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions, Session,
+    ShutdownReport,
 };
 
 pub use teleport_core as core;
@@ -74,9 +76,9 @@ pub use teleport_core as core;
 macro_rules! preset {
     ($variant:ident, $module:literal, $runtime:literal, $block_on:literal) => {
         pub use crate::{
-            core, BoxFuture, Call, Controller, Executor, Group, Handler, IntoReply, Network,
-            PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, Session,
-            ShutdownReport, Spawn,
+            core, BoxFuture, Call, Controller, DialOptions, Executor, Group, Handler, IntoReply,
+            ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied,
+            Reply, ServeOptions, Session, ShutdownReport, Spawn,
         };
 
         #[doc = concat!("A [`Peer`](crate::Peer) whose tasks run on ", $runtime, "'s global")]

@@ -4,14 +4,26 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use async_io::Timer;
+use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::FutureExt as _;
 use teleport_core::{Rerror, Role};
-use teleport_peer::{PeerAddr, PeerBuilder, PeerConfig, PeerCore, Session, ShutdownReport};
+use teleport_peer::{
+    BoxFuture, DialOptions, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerCore,
+    ProtoFunc, ServeOptions, Session, SessionStart, ShutdownReport,
+};
 
 use crate::executor::Executor;
-use crate::net::{Listener, Stream};
+use crate::net;
+use crate::transport::{Connection, Io};
+
+/// A connect function for sessions that are never re-dialed.
+fn no_redial<S>(_: String) -> std::future::Ready<io::Result<S>> {
+    std::future::ready(Err(io::Error::other("this session is not re-dialed")))
+}
 
 /// A teleport peer on async-io: a server, a client, or both at once. Its
 /// tasks run on the [`Executor`] it was made with.
@@ -50,44 +62,130 @@ impl Peer {
         &self.exec
     }
 
-    fn start(
-        &self,
-        stream: Stream,
-        remote: PeerAddr,
-        local: PeerAddr,
-        role: Role,
-        dial_addr: Option<String>,
-    ) -> Session {
-        self.core
-            .start_session(remote, local, role, dial_addr, None, |driver| {
-                // Aborting wakes the task, which then drops the connection
-                // future (its socket and handlers) at its next poll.
-                let (abort, registration) = AbortHandle::new_pair();
-                let task = Abortable::new(
-                    crate::conn::run(driver, stream, self.exec.clone()),
-                    registration,
-                );
-                self.exec.spawn(Box::pin(task.map(drop)));
-                Box::new(move || abort.abort())
-            })
+    /// Starts a session over `stream`; `connect` re-dials it.
+    fn start<S, C, CF>(&self, stream: S, conn: SessionStart, connect: C) -> Session
+    where
+        S: Connection,
+        C: Fn(String) -> CF + Send + Sync + 'static,
+        CF: Future<Output = io::Result<S>> + Send + 'static,
+    {
+        self.core.start_session(conn, |driver| {
+            // Aborting wakes the task, which then drops the connection
+            // future (its socket and handlers) at its next poll.
+            let (abort, registration) = AbortHandle::new_pair();
+            let task = Abortable::new(
+                crate::conn::run(driver, stream, connect, self.exec.clone()),
+                registration,
+            );
+            self.exec.spawn(Box::pin(task.map(drop)));
+            Box::new(move || abort.abort())
+        })
     }
 
     /// Dials `addr` (`host:port`, or a path for unix) and starts a session.
     /// Refused (105 `Dial Failed`) while shutting down or if the dial fails.
     pub async fn dial(&self, addr: &str) -> Result<Session, Rerror> {
+        self.dial_with(addr, DialOptions::default()).await
+    }
+
+    /// [`Peer::dial`] with options (a proto of this dial's own).
+    pub async fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, Rerror> {
         self.core.check_dial()?;
-        let (stream, remote, local) = crate::net::connect(self.config(), addr)
-            .await
-            .map_err(|e| PeerCore::dial_error(addr, e))?;
-        Ok(self.start(stream, remote, local, Role::Dialer, Some(addr.to_string())))
+        let cfg = self.config().clone();
+        let dial_error = |e| PeerCore::dial_error(addr, e);
+        match cfg.network {
+            Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
+                let (s, remote, local) = net::connect_tcp(&cfg, addr).await.map_err(dial_error)?;
+                let conn = SessionStart::new(remote, local, Role::Dialer)
+                    .redial_at(addr)
+                    .proto(opts.proto_func());
+                Ok(self.start(s, conn, move |a| {
+                    let cfg = cfg.clone();
+                    async move { net::connect_tcp(&cfg, &a).await.map(|c| c.0) }
+                }))
+            }
+            #[cfg(unix)]
+            Network::Unix => {
+                let (s, remote, local) = net::connect_unix(&cfg, addr).await.map_err(dial_error)?;
+                let conn = SessionStart::new(remote, local, Role::Dialer)
+                    .redial_at(addr)
+                    .proto(opts.proto_func());
+                Ok(self.start(s, conn, move |a| {
+                    let cfg = cfg.clone();
+                    async move { net::connect_unix(&cfg, &a).await.map(|c| c.0) }
+                }))
+            }
+            other => Err(dial_error(teleport_peer::net::unsupported_network(other))),
+        }
+    }
+
+    /// Serves a connection the caller already has (the seed's
+    /// `ServeConn`): any futures-io stream, in the role and with the proto
+    /// `opts` name. The session is not re-dialed when it breaks.
+    pub fn serve_conn<S>(&self, stream: S, opts: ServeOptions) -> Session
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.serve_connection(Io(stream), opts)
+    }
+
+    /// [`Peer::serve_conn`] for any [`Connection`] (an `Async` TCP or unix
+    /// socket serves this way with callers writing to it directly).
+    pub fn serve_connection<S: Connection>(&self, conn: S, opts: ServeOptions) -> Session {
+        let remote = PeerAddr::Other(opts.remote_name().to_string());
+        let start = SessionStart::new(remote, PeerAddr::Other(String::new()), opts.role_of())
+            .proto(opts.proto_func());
+        self.start(conn, start, no_redial::<S>)
     }
 
     /// Binds the configured listen address and serves in the background
     /// until [`Peer::shutdown`]; returns the bound address (useful with
     /// port 0).
     pub async fn bind(&self) -> io::Result<PeerAddr> {
-        let listener = Listener::bind(self.config()).await?;
-        let addr = listener.local_addr()?;
+        self.bind_with(ListenOptions::default()).await
+    }
+
+    /// [`Peer::bind`] with options (another address, a proto of this
+    /// listener's own).
+    pub async fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
+        let mut cfg = self.config().clone();
+        if let Some(a) = opts.address_override() {
+            cfg.listen_address = a.to_string();
+        }
+        let proto = opts.proto_func();
+        match cfg.network {
+            Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
+                let l = Arc::new(net::bind_tcp_listener(&cfg).await?);
+                let addr = PeerAddr::Tcp(l.get_ref().local_addr()?);
+                let cfg = Arc::new(cfg);
+                self.serve_listener(addr.clone(), proto, move || {
+                    let (l, cfg) = (l.clone(), cfg.clone());
+                    Box::pin(async move { net::accept_tcp(&l, &cfg).await })
+                });
+                Ok(addr)
+            }
+            #[cfg(unix)]
+            Network::Unix => {
+                let l = Arc::new(net::bind_unix_listener(&cfg)?);
+                let addr = PeerAddr::Unix(cfg.listen_address.clone());
+                let cfg = Arc::new(cfg);
+                self.serve_listener(addr.clone(), proto, move || {
+                    let (l, cfg) = (l.clone(), cfg.clone());
+                    Box::pin(async move { net::accept_unix(&l, &cfg.listen_address, &cfg).await })
+                });
+                Ok(addr)
+            }
+            other => Err(teleport_peer::net::unsupported_network(other)),
+        }
+    }
+
+    /// Accepts with `accept` until the shutdown, starting a session per
+    /// connection.
+    fn serve_listener<S, A>(&self, addr: PeerAddr, proto: Option<ProtoFunc>, accept: A)
+    where
+        S: Connection,
+        A: Fn() -> BoxFuture<io::Result<net::Connected<S>>> + Send + Sync + 'static,
+    {
         tracing::info!(%addr, "listening");
         let peer = self.clone();
         let mut stop = self.core.shutdown_signal();
@@ -98,13 +196,15 @@ impl Peer {
                         let _ = stop.wait_for(|s| *s).await;
                         None
                     },
-                    async { Some(listener.accept(peer.config()).await) },
+                    async { Some(accept().await) },
                 )
                 .await;
                 match next {
                     None => break,
                     Some(Ok((stream, remote, local))) => {
-                        peer.start(stream, remote, local, Role::Acceptor, None);
+                        let conn =
+                            SessionStart::new(remote, local, Role::Acceptor).proto(proto.clone());
+                        peer.start(stream, conn, no_redial::<S>);
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -115,7 +215,6 @@ impl Peer {
             }
             tracing::info!("listener closed");
         }));
-        Ok(addr)
     }
 
     /// Serves on the configured listen address until [`Peer::shutdown`].

@@ -22,7 +22,8 @@ use slab::Slab;
 use teleport_core::{CloseReason, Rerror, Role};
 use teleport_peer::{
     finish_handler, refuse, Abort, BoxFuture, Command, CoreSession, Done, Driver, Linger,
-    PeerConfig, PeerCore, Session, Wake, FINAL_FLUSH, LINGER, LINGER_BYTES,
+    PeerConfig, PeerCore, ProtoFunc, Session, SessionStart, Wake, FINAL_FLUSH, LINGER,
+    LINGER_BYTES,
 };
 
 use crate::exec::{self, Home, Pool, Task};
@@ -49,8 +50,8 @@ pub(crate) enum Msg {
     /// A session's new connection after a re-dial, with the command that
     /// triggered it.
     Redialed(Box<Pending>, Vec<Command>),
-    /// Serve a bound listener.
-    Listen(Listener),
+    /// Serve a bound listener, its sessions with this proto.
+    Listen(Listener, Option<ProtoFunc>),
     /// Drop a session at once (shutdown timed out).
     Abort(u64),
     /// A handler finished on a worker.
@@ -176,13 +177,13 @@ pub(crate) fn new_session(
     peer: &Arc<PeerCore>,
     shared: &Arc<LoopShared>,
     c: Connected,
-    role: Role,
-    dial_addr: Option<String>,
+    conn: SessionStart,
     start: impl FnOnce(Box<Pending>),
 ) -> Session {
     let slot = Arc::new(Slot::default());
     let wake = Some(wake_hook(shared, slot.clone()));
-    peer.start_session(c.remote, c.local, role, dial_addr, wake, |driver| {
+    let conn = conn.wake(wake);
+    peer.start_session(conn, |driver| {
         let id = driver.session().id();
         slot.id.store(id, Ordering::Release);
         start(Box::new(Pending {
@@ -230,6 +231,7 @@ struct Broken {
 
 struct Listening {
     listener: Listener,
+    proto: Option<ProtoFunc>,
     ready: bool,
     retry_at: Option<Instant>,
 }
@@ -467,7 +469,7 @@ impl EventLoop {
             match msg {
                 Msg::Open(p) => self.insert(*p, Vec::new(), now),
                 Msg::Redialed(p, backlog) => self.insert(*p, backlog, now),
-                Msg::Listen(l) => self.add_listener(l),
+                Msg::Listen(l, proto) => self.add_listener(l, proto),
                 Msg::Abort(id) => self.abort(id),
                 Msg::Done {
                     conn,
@@ -556,7 +558,7 @@ impl EventLoop {
         touch(&mut self.conns, &mut self.touched, key);
     }
 
-    fn add_listener(&mut self, mut listener: Listener) {
+    fn add_listener(&mut self, mut listener: Listener, proto: Option<ProtoFunc>) {
         if self.peer.is_shutting_down() {
             tracing::info!("listener closed");
             return;
@@ -571,6 +573,7 @@ impl EventLoop {
             Ok(()) => {
                 entry.insert(Listening {
                     listener,
+                    proto,
                     ready: true,
                     retry_at: None,
                 });
@@ -596,7 +599,7 @@ impl EventLoop {
             l.retry_at = None;
             for _ in 0..ACCEPT_BUDGET {
                 match l.listener.accept(cfg) {
-                    Ok(c) => accepted.push(c),
+                    Ok(c) => accepted.push((c, l.proto.clone())),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         l.ready = false;
                         break;
@@ -614,11 +617,11 @@ impl EventLoop {
                 }
             }
         }
-        for c in accepted {
+        for (c, proto) in accepted {
             let mut pending = None;
-            new_session(&self.peer, &self.shared, c, Role::Acceptor, None, |p| {
-                pending = Some(p)
-            });
+            let conn =
+                SessionStart::new(c.remote.clone(), c.local.clone(), Role::Acceptor).proto(proto);
+            new_session(&self.peer, &self.shared, c, conn, |p| pending = Some(p));
             if let Some(p) = pending {
                 self.insert(*p, Vec::new(), now);
             }
@@ -734,6 +737,17 @@ impl EventLoop {
                     }
                 }
             }
+            // A stream with bytes of its own to write (TLS records).
+            if c.writable && c.stream.wants_write() {
+                match c.stream.flush() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
+                    Err(e) => {
+                        c.core.handle_io_error(now, &e);
+                        progress = true;
+                    }
+                }
+            }
             if c.wbuf.is_empty() && c.writable && c.core.queued_bytes() > 0 {
                 progress = true;
             }
@@ -765,7 +779,8 @@ impl EventLoop {
                 break;
             }
         }
-        if !set_write_interest(poll.registry(), c, key, !c.wbuf.is_empty()) {
+        let wants_write = !c.wbuf.is_empty() || c.stream.wants_write();
+        if !set_write_interest(poll.registry(), c, key, wants_write) {
             again.push(key);
         }
         let at = c.core.poll_timeout();
@@ -790,7 +805,15 @@ impl EventLoop {
                 break;
             }
         }
-        if c.wbuf.is_empty() || failed || now >= until {
+        if c.writable && !failed && c.stream.wants_write() {
+            match c.stream.flush() {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
+                Err(_) => failed = true,
+            }
+        }
+        let done = c.wbuf.is_empty() && !c.stream.wants_write();
+        if done || failed || now >= until {
             if !c.wbuf.is_empty() {
                 tracing::debug!(
                     session = c.driver.session().id(),

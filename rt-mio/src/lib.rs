@@ -53,12 +53,14 @@ mod peer;
 mod session;
 mod sync;
 
+pub use net::MioStream;
 pub use peer::{default_workers, Peer};
 pub use session::{Call, Session};
 pub use sync::{SyncController, SyncGroup, SyncHandlers};
 pub use teleport_peer::{
-    BoxFuture, Controller, Group, Handler, IntoReply, Network, PeerAddr, PeerBuilder, PeerConfig,
-    PullCtx, PushCtx, Replied, Reply, ShutdownReport,
+    BoxFuture, Controller, DialOptions, Group, Handler, IntoReply, ListenOptions, Network,
+    PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions,
+    ShutdownReport,
 };
 
 pub use teleport_core as core;

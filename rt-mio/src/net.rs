@@ -10,12 +10,41 @@ use mio::{Interest, Registry, Token};
 use teleport_peer::net::{clear_stale_unix_socket, fit_family, tune_socket, unsupported_network};
 use teleport_peer::{Network, PeerAddr, PeerConfig};
 
-/// A connected, non-blocking stream of either kind.
-#[derive(Debug)]
+/// A connection the poll loop can run a session over, besides its own TCP
+/// and unix streams: a TLS stream, or one of the user's (see
+/// `Peer::serve_conn`). It is non-blocking: reads and writes say
+/// `WouldBlock` rather than wait, and readiness comes from its [`Source`].
+pub trait MioStream: Source + Read + Write + Send + 'static {
+    /// Ends the writing side (after the last bytes were written).
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Whether it holds bytes of its own still to write (TLS records):
+    /// the loop then waits for the stream to be writable and calls
+    /// [`Write::flush`].
+    fn wants_write(&self) -> bool {
+        false
+    }
+}
+
+/// A connected, non-blocking stream.
 pub(crate) enum Stream {
     Tcp(mio::net::TcpStream),
     #[cfg(unix)]
     Unix(mio::net::UnixStream),
+    Custom(Box<dyn MioStream>),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stream::Tcp(s) => s.fmt(f),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.fmt(f),
+            Stream::Custom(_) => f.write_str("Stream::Custom"),
+        }
+    }
 }
 
 /// A stream and both ends' addresses.
@@ -26,12 +55,22 @@ pub(crate) struct Connected {
 }
 
 impl Stream {
-    pub(crate) fn shutdown_write(&self) {
+    pub(crate) fn shutdown_write(&mut self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
             #[cfg(unix)]
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Custom(s) => s.shutdown_write(),
         };
+    }
+
+    /// Whether the stream holds bytes of its own to write (see
+    /// [`MioStream::wants_write`]).
+    pub(crate) fn wants_write(&self) -> bool {
+        match self {
+            Stream::Custom(s) => s.wants_write(),
+            _ => false,
+        }
     }
 }
 
@@ -41,6 +80,7 @@ impl Read for Stream {
             Stream::Tcp(s) => s.read(buf),
             #[cfg(unix)]
             Stream::Unix(s) => s.read(buf),
+            Stream::Custom(s) => s.read(buf),
         }
     }
 }
@@ -51,10 +91,41 @@ impl Write for Stream {
             Stream::Tcp(s) => s.write(buf),
             #[cfg(unix)]
             Stream::Unix(s) => s.write(buf),
+            Stream::Custom(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Custom(s) => s.flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Source for Stream {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.register(r, t, i),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.register(r, t, i),
+            Stream::Custom(s) => s.register(r, t, i),
+        }
+    }
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.reregister(r, t, i),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.reregister(r, t, i),
+            Stream::Custom(s) => s.reregister(r, t, i),
+        }
+    }
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.deregister(r),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.deregister(r),
+            Stream::Custom(s) => s.deregister(r),
+        }
     }
 }
 
@@ -73,11 +144,6 @@ macro_rules! delegate_source {
         }
     };
 }
-
-#[cfg(unix)]
-delegate_source!(Stream, Tcp, Unix);
-#[cfg(not(unix))]
-delegate_source!(Stream, Tcp);
 
 fn resolve(network: Network, addr: &str) -> io::Result<Vec<SocketAddr>> {
     fit_family(network, addr, addr.to_socket_addrs()?)
@@ -134,7 +200,7 @@ delegate_source!(Listener, Tcp, Unix);
 delegate_source!(Listener, Tcp);
 
 impl Listener {
-    /// Binds the configured listen address.
+    /// Binds the configured listen address (or `address`).
     pub(crate) fn bind(cfg: &PeerConfig) -> io::Result<Listener> {
         match cfg.network {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {

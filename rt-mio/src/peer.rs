@@ -6,11 +6,14 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use teleport_core::{Rerror, Role};
-use teleport_peer::{PeerAddr, PeerBuilder, PeerConfig, PeerCore, ShutdownReport};
+use teleport_peer::{
+    DialOptions, ListenOptions, PeerAddr, PeerBuilder, PeerConfig, PeerCore, ServeOptions,
+    SessionStart, ShutdownReport,
+};
 
 use crate::event_loop::{new_session, EventLoop, LoopShared, Msg};
 use crate::exec;
-use crate::net::Listener;
+use crate::net::{Connected, Listener, MioStream, Stream};
 use crate::session::Session;
 
 /// A teleport peer without an async runtime: a server, a client, or both
@@ -105,30 +108,70 @@ impl Peer {
     /// blocks while connecting. Refused (105 `Dial Failed`) while shutting
     /// down or if the dial fails.
     pub fn dial(&self, addr: &str) -> Result<Session, Rerror> {
+        self.dial_with(addr, DialOptions::default())
+    }
+
+    /// [`Peer::dial`] with options (a proto of this dial's own).
+    pub fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, Rerror> {
         let core = &self.0.core;
         core.check_dial()?;
         let c =
             crate::net::connect(core.config(), addr).map_err(|e| PeerCore::dial_error(addr, e))?;
+        let conn = SessionStart::new(c.remote.clone(), c.local.clone(), Role::Dialer)
+            .redial_at(addr)
+            .proto(opts.proto_func());
+        Ok(self.open(c, conn))
+    }
+
+    /// Serves a connection the caller already has (the seed's
+    /// `ServeConn`): any non-blocking [`MioStream`], in the role and with
+    /// the proto `opts` name, on the peer's poll loop. The session is not
+    /// re-dialed when it breaks.
+    pub fn serve_conn(&self, stream: impl MioStream, opts: ServeOptions) -> Session {
+        let remote = PeerAddr::Other(opts.remote_name().to_string());
+        let local = PeerAddr::Other(String::new());
+        let conn = SessionStart::new(remote.clone(), local.clone(), opts.role_of())
+            .proto(opts.proto_func());
+        let c = Connected {
+            stream: Stream::Custom(Box::new(stream)),
+            remote,
+            local,
+        };
+        self.open(c, conn)
+    }
+
+    /// Hands a connection to the loop as a new session.
+    fn open(&self, c: Connected, conn: SessionStart) -> Session {
         let shared = &self.0.shared;
-        let session = new_session(core, shared, c, Role::Dialer, Some(addr.to_string()), |p| {
+        let session = new_session(&self.0.core, shared, c, conn, |p| {
             if let Err(Msg::Open(p)) = shared.post(Msg::Open(p)) {
                 // The loop is gone (it failed): the session ends now.
                 p.finish();
             }
         });
-        Ok(Session::from(session))
+        Session::from(session)
     }
 
     /// Binds the configured listen address and serves on the poll loop
     /// until [`Peer::shutdown`]; returns the bound address (useful with
     /// port 0).
     pub fn bind(&self) -> io::Result<PeerAddr> {
-        let listener = Listener::bind(self.config())?;
+        self.bind_with(ListenOptions::default())
+    }
+
+    /// [`Peer::bind`] with options (another address, a proto of this
+    /// listener's own).
+    pub fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
+        let mut cfg = self.config().clone();
+        if let Some(a) = opts.address_override() {
+            cfg.listen_address = a.to_string();
+        }
+        let listener = Listener::bind(&cfg)?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "listening");
         self.0
             .shared
-            .post(Msg::Listen(listener))
+            .post(Msg::Listen(listener, opts.proto_func()))
             .map_err(|_| io::Error::other("the peer's poll loop has ended"))?;
         Ok(addr)
     }

@@ -9,7 +9,7 @@
 //! readable, the socket writable while output is pending, or the core's
 //! deadline. Everything else is the shared [`Driver`]'s.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
@@ -17,102 +17,55 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use teleport_core::CloseReason;
-use teleport_peer::direct::{Live, SharedConn, TryWrite, Turn};
+use teleport_peer::direct::{ConnWrite, Live, SharedConn, Turn};
 use teleport_peer::{
     finish_handler, Command, Done, Driver, Linger, BUDGET, FINAL_FLUSH, LINGER, LINGER_BYTES,
 };
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::task::JoinSet;
 
-use crate::net::Stream;
+use crate::transport::Connection;
 
-/// The write half of either kind of stream. Dropping it shuts down the
-/// stream's write side.
-enum Writer {
-    Tcp(tokio::net::tcp::OwnedWriteHalf),
-    #[cfg(unix)]
-    Unix(tokio::net::unix::OwnedWriteHalf),
-}
-
-impl TryWrite for Writer {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Writer::Tcp(w) => w.try_write(buf),
-            #[cfg(unix)]
-            Writer::Unix(w) => w.try_write(buf),
-        }
-    }
-}
-
-impl Writer {
-    async fn writable(&self) -> io::Result<()> {
-        match self {
-            Writer::Tcp(w) => w.writable().await,
-            #[cfg(unix)]
-            Writer::Unix(w) => w.writable().await,
-        }
-    }
-
-    /// Writes all of `buf`, waiting for room as needed.
-    async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            self.writable().await?;
-            match self.try_write(buf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The connection as the task and the session's callers share it.
-type Conn = SharedConn<Arc<Writer>>;
-
-/// Runs the session over `stream`, re-dialing as configured, until it is
-/// closed for good.
-pub(crate) async fn run(driver: Driver, stream: Stream) {
-    let cfg = driver.peer().config().clone();
+/// Runs the session over `stream`, re-dialing with `connect` as
+/// configured, until it is closed for good.
+pub(crate) async fn run<S, C, CF>(driver: Driver, stream: S, connect: C)
+where
+    S: Connection,
+    C: Fn(String) -> CF + Send + Sync,
+    CF: Future<Output = io::Result<S>> + Send,
+{
     driver
         .run(
             stream,
-            async |driver: &mut Driver, s: Stream, conn: Arc<Conn>, backlog: &mut Vec<Command>| {
-                match s {
-                    Stream::Tcp(t) => {
-                        let (r, w) = t.into_split();
-                        run_conn(driver, conn, r, Writer::Tcp(w), backlog).await
-                    }
-                    #[cfg(unix)]
-                    Stream::Unix(u) => {
-                        let (r, w) = u.into_split();
-                        run_conn(driver, conn, r, Writer::Unix(w), backlog).await
-                    }
-                }
+            async |driver: &mut Driver,
+                   s: S,
+                   conn: Arc<SharedConn<S::Write>>,
+                   backlog: &mut Vec<Command>| {
+                let (r, w) = s.split();
+                run_conn(driver, conn, r, w, backlog).await
             },
-            |a| {
-                let cfg = cfg.clone();
-                async move { crate::net::connect(&cfg, &a).await.map(|(s, _, _)| s) }
-            },
+            connect,
             tokio::time::sleep,
         )
         .await;
 }
 
-async fn run_conn<R: AsyncRead + Unpin + Send + 'static>(
+async fn run_conn<R, W>(
     driver: &mut Driver,
-    conn: Arc<Conn>,
+    conn: Arc<SharedConn<W>>,
     mut rd: R,
-    wr: Writer,
+    wr: W,
     backlog: &mut Vec<Command>,
-) -> CloseReason {
+) -> CloseReason
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: ConnWrite,
+{
     let id = driver.session().id();
-    let wr = Arc::new(wr);
     // When the last thing the task waited for happened: one clock read per
     // wake-up serves the whole turn.
     let mut now = Instant::now();
-    conn.open(Live::new(driver.open(now, backlog), wr.clone()));
+    conn.open(Live::new(driver.open(now, backlog), wr));
     let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut sleep = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut armed: Option<Instant> = None;
@@ -130,11 +83,15 @@ async fn run_conn<R: AsyncRead + Unpin + Send + 'static>(
                 wants_input,
                 wants_write,
             } => (deadline, wants_input, wants_write),
-            Turn::Closed(reason, last) => {
-                let flushed = tokio::time::timeout(FINAL_FLUSH, wr.write_all(&last)).await;
-                if !matches!(flushed, Ok(Ok(()))) {
+            Turn::Closed(reason, mut closing) => {
+                // Every queued byte, then the end of our side: the peer reads
+                // everything, then the end.
+                let closed =
+                    tokio::time::timeout(FINAL_FLUSH, poll_fn(|cx| closing.poll_close(cx))).await;
+                if !matches!(closed, Ok(Ok(()))) {
                     tracing::debug!(session = id, "could not flush the last bytes");
                 }
+                drop(closing);
                 if !tasks.is_empty() {
                     tracing::warn!(
                         session = id,
@@ -144,10 +101,7 @@ async fn run_conn<R: AsyncRead + Unpin + Send + 'static>(
                     tasks.abort_all();
                 }
                 tracing::info!(session = id, ?reason, "session closed");
-                // Dropping the last handle of the write half shuts it down
-                // (the peer reads everything, then the end); the read half
-                // lingers until the peer's end of input.
-                drop(wr);
+                // The read half lingers until the peer's end of input.
                 if input_open(&reason) {
                     let guard = driver.peer().linger();
                     tokio::spawn(linger(rd, guard));
@@ -196,11 +150,8 @@ async fn run_conn<R: AsyncRead + Unpin + Send + 'static>(
                     }
                 }
             }
-            r = wr.writable(), if wants_write => {
+            () = poll_fn(|cx| conn.poll_flush(cx)), if wants_write => {
                 now = Instant::now();
-                if let Err(e) = r {
-                    conn.with_core(|core| core.handle_io_error(now, &e));
-                }
             }
             () = &mut sleep, if armed.is_some() => {
                 armed = None;
@@ -242,7 +193,7 @@ async fn linger<R: AsyncRead + Unpin>(mut rd: R, _guard: Linger) {
 }
 
 /// Carries out queued commands, up to [`BUDGET`]; whether more may wait.
-fn take_commands(driver: &mut Driver, conn: &Conn, now: Instant) -> bool {
+fn take_commands<W: ConnWrite>(driver: &mut Driver, conn: &SharedConn<W>, now: Instant) -> bool {
     conn.with_core(|core| driver.take_commands(core, now)) == Some(BUDGET)
 }
 
@@ -250,10 +201,10 @@ fn take_commands(driver: &mut Driver, conn: &Conn, now: Instant) -> bool {
 /// core (or tells it of the end of input), so the bytes land in a buffer
 /// that exists only while there is something to read. Ready with when
 /// they arrived.
-fn poll_read_into_core<R: AsyncRead + Unpin>(
+fn poll_read_into_core<R: AsyncRead + Unpin, W: ConnWrite>(
     rd: &mut R,
     cx: &mut Context<'_>,
-    conn: &Conn,
+    conn: &SharedConn<W>,
 ) -> Poll<io::Result<Instant>> {
     teleport_peer::net::with_read_buf(|buf| {
         let mut rb = ReadBuf::new(buf);

@@ -41,11 +41,13 @@
 mod conn;
 mod net;
 mod peer;
+pub mod transport;
 
 pub use peer::Peer;
 pub use teleport_peer::{
-    BoxFuture, Call, Controller, Group, Handler, IntoReply, Network, PeerAddr, PeerBuilder,
-    PeerConfig, PullCtx, PushCtx, Replied, Reply, Session, ShutdownReport,
+    BoxFuture, Call, Controller, DialOptions, Group, Handler, IntoReply, ListenOptions, Network,
+    PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions, Session,
+    ShutdownReport,
 };
 
 pub use teleport_core as core;

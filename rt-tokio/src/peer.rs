@@ -1,5 +1,6 @@
-//! The peer on tokio: listen, dial, shut down.
+//! The peer on tokio: listen, dial, serve a connection, shut down.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,14 +8,22 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use teleport_core::{Rerror, Role};
 use teleport_peer::{
-    PeerAddr, PeerBuilder, PeerConfig, PeerCore, Session, ShutdownReport, FLUSH_GRACE, LINGER,
+    DialOptions, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerCore, ServeOptions,
+    Session, SessionStart, ShutdownReport, FLUSH_GRACE, LINGER,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::net::{Listener, Stream};
+use crate::net;
+use crate::transport::{Connection, Io};
 
 /// A teleport peer on tokio: a server, a client, or both at once.
 #[derive(Clone, Debug)]
 pub struct Peer(Arc<PeerCore>);
+
+/// A connect function for sessions that are never re-dialed.
+fn no_redial<S>(_: String) -> std::future::Ready<io::Result<S>> {
+    std::future::ready(Err(io::Error::other("this session is not re-dialed")))
+}
 
 impl Peer {
     /// A peer with no routes (a pure client) and these settings.
@@ -42,59 +51,148 @@ impl Peer {
         self.0.config()
     }
 
-    fn start(
-        &self,
-        stream: Stream,
-        remote: PeerAddr,
-        local: PeerAddr,
-        role: Role,
-        dial_addr: Option<String>,
-    ) -> Session {
-        self.0
-            .start_session(remote, local, role, dial_addr, None, |driver| {
-                let task = tokio::spawn(crate::conn::run(driver, stream)).abort_handle();
-                Box::new(move || task.abort())
-            })
+    /// Starts a session over `stream`; `connect` re-dials it.
+    fn start<S, C, CF>(&self, stream: S, conn: SessionStart, connect: C) -> Session
+    where
+        S: Connection,
+        C: Fn(String) -> CF + Send + Sync + 'static,
+        CF: Future<Output = io::Result<S>> + Send + 'static,
+    {
+        self.0.start_session(conn, |driver| {
+            let task = tokio::spawn(crate::conn::run(driver, stream, connect)).abort_handle();
+            Box::new(move || task.abort())
+        })
     }
 
     /// Dials `addr` (`host:port`, or a path for unix) and starts a session.
     /// Refused (105 `Dial Failed`) while shutting down or if the dial fails.
     pub async fn dial(&self, addr: &str) -> Result<Session, Rerror> {
+        self.dial_with(addr, DialOptions::default()).await
+    }
+
+    /// [`Peer::dial`] with options (a proto of this dial's own).
+    pub async fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, Rerror> {
         self.0.check_dial()?;
-        let (stream, remote, local) = crate::net::connect(self.config(), addr)
-            .await
-            .map_err(|e| PeerCore::dial_error(addr, e))?;
-        Ok(self.start(stream, remote, local, Role::Dialer, Some(addr.to_string())))
+        let cfg = self.config().clone();
+        let dial_error = |e| PeerCore::dial_error(addr, e);
+        match cfg.network {
+            Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
+                let (s, remote, local) = net::connect_tcp(&cfg, addr).await.map_err(dial_error)?;
+                let conn = SessionStart::new(remote, local, Role::Dialer)
+                    .redial_at(addr)
+                    .proto(opts.proto_func());
+                Ok(self.start(s, conn, move |a| {
+                    let cfg = cfg.clone();
+                    async move { net::connect_tcp(&cfg, &a).await.map(|c| c.0) }
+                }))
+            }
+            #[cfg(unix)]
+            Network::Unix => {
+                let (s, remote, local) = net::connect_unix(&cfg, addr).await.map_err(dial_error)?;
+                let conn = SessionStart::new(remote, local, Role::Dialer)
+                    .redial_at(addr)
+                    .proto(opts.proto_func());
+                Ok(self.start(s, conn, move |a| {
+                    let cfg = cfg.clone();
+                    async move { net::connect_unix(&cfg, &a).await.map(|c| c.0) }
+                }))
+            }
+            other => Err(dial_error(teleport_peer::net::unsupported_network(other))),
+        }
+    }
+
+    /// Serves a connection the caller already has (the seed's
+    /// `ServeConn`): any tokio stream, in the role and with the proto
+    /// `opts` name. The session is not re-dialed when it breaks. Call it
+    /// inside a tokio runtime.
+    pub fn serve_conn<S>(&self, stream: S, opts: ServeOptions) -> Session
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.serve_connection(Io(stream), opts)
+    }
+
+    /// [`Peer::serve_conn`] for any [`Connection`] (a TCP or unix stream
+    /// serves this way with no extra copy, and callers write to it
+    /// directly).
+    pub fn serve_connection<S: Connection>(&self, conn: S, opts: ServeOptions) -> Session {
+        let remote = PeerAddr::Other(opts.remote_name().to_string());
+        let start = SessionStart::new(remote, PeerAddr::Other(String::new()), opts.role_of())
+            .proto(opts.proto_func());
+        self.start(conn, start, no_redial::<S>)
     }
 
     /// Binds the configured listen address and serves in the background
     /// until [`Peer::shutdown`]; returns the bound address (useful with
     /// port 0).
     pub async fn bind(&self) -> io::Result<PeerAddr> {
-        let listener = Listener::bind(self.config()).await?;
-        let addr = listener.local_addr()?;
-        tracing::info!(%addr, "listening");
+        self.bind_with(ListenOptions::default()).await
+    }
+
+    /// [`Peer::bind`] with options (another address, a proto of this
+    /// listener's own).
+    pub async fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
+        let mut cfg = self.config().clone();
+        if let Some(a) = opts.address_override() {
+            cfg.listen_address = a.to_string();
+        }
+        let proto = opts.proto_func();
         let peer = self.clone();
         let mut stop = self.0.shutdown_signal();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s).map(drop) => break,
-                    r = listener.accept(peer.config()) => match r {
-                        Ok((stream, remote, local)) => {
-                            peer.start(stream, remote, local, Role::Acceptor, None);
+        match cfg.network {
+            Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
+                let l = net::bind_tcp_listener(&cfg).await?;
+                let addr = PeerAddr::Tcp(l.local_addr()?);
+                tracing::info!(%addr, "listening");
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.wait_for(|s| *s).map(drop) => break,
+                            r = net::accept_tcp(&l, &cfg) => peer.accepted(r, &proto).await,
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            // Out of descriptors, say: do not spin.
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    },
-                }
+                    }
+                    tracing::info!("listener closed");
+                });
+                Ok(addr)
             }
-            tracing::info!("listener closed");
-        });
-        Ok(addr)
+            #[cfg(unix)]
+            Network::Unix => {
+                let l = net::bind_unix_listener(&cfg)?;
+                let path = cfg.listen_address.clone();
+                let addr = PeerAddr::Unix(path.clone());
+                tracing::info!(%addr, "listening");
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.wait_for(|s| *s).map(drop) => break,
+                            r = net::accept_unix(&l, &path, &cfg) => peer.accepted(r, &proto).await,
+                        }
+                    }
+                    tracing::info!("listener closed");
+                });
+                Ok(addr)
+            }
+            other => Err(teleport_peer::net::unsupported_network(other)),
+        }
+    }
+
+    /// Starts the session of an accepted connection, or waits a moment
+    /// after a failed accept (out of descriptors, say: do not spin).
+    async fn accepted<S: Connection>(
+        &self,
+        r: io::Result<net::Connected<S>>,
+        proto: &Option<teleport_peer::ProtoFunc>,
+    ) {
+        match r {
+            Ok((stream, remote, local)) => {
+                let conn = SessionStart::new(remote, local, Role::Acceptor).proto(proto.clone());
+                self.start(stream, conn, no_redial::<S>);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 
     /// Serves on the configured listen address until [`Peer::shutdown`].

@@ -995,6 +995,19 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                     self.events.push_back(Event::Decode(job));
                 }
                 Ok(None) => {
+                    // A proto that does not bound its frames (a user's) is
+                    // bounded here: an unfinished frame over the read limit
+                    // is an error, not a buffer that grows without end.
+                    let limit = self.shared.config.read_limit;
+                    if self.rx.len() > limit {
+                        let e = ProtoError::SizeOverLimit {
+                            size: self.rx.len(),
+                            limit,
+                        };
+                        tracing::warn!(session = self.id, error = %e, "bad frame, closing session");
+                        self.abort(now, CloseReason::Protocol(e));
+                        break;
+                    }
                     // A frame that began in this input starts its clock now;
                     // one still incomplete from before keeps its start.
                     if self.rx.is_empty() {

@@ -1,0 +1,165 @@
+//! What a session runs over: any [`Connection`] — the built-in TCP and unix
+//! sockets (async-io's `Async`), a TLS stream, or a futures-io stream of the
+//! user's wrapped in [`Io`]. The connection task is written once for all of
+//! them; a connection only says how it splits into a reading half and a
+//! writing half.
+
+use std::io::{self, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_io::Async;
+use futures_lite::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use teleport_peer::direct::ConnWrite;
+
+/// A connection a session can run over.
+///
+/// The reading half belongs to the session's task; the writing half is
+/// shared with the session's callers, who write their own pulls and pushes
+/// when the connection is free (see [`ConnWrite`]). The built-in sockets
+/// let callers write directly; any other stream ([`Io`]) is written by its
+/// task, callers only encode.
+pub trait Connection: Send + 'static {
+    /// The reading half.
+    type Read: AsyncRead + Unpin + Send + 'static;
+    /// The writing half.
+    type Write: ConnWrite;
+    /// Splits the connection.
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+/// Any futures-io stream as a [`Connection`]: a TLS stream, a stream the
+/// user accepted or dialed themselves.
+#[derive(Debug)]
+pub struct Io<S>(pub S);
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for Io<S> {
+    type Read = ReadHalf<S>;
+    type Write = IoWrite<S>;
+
+    fn split(self) -> (ReadHalf<S>, IoWrite<S>) {
+        let (r, w) = futures_lite::io::split(self.0);
+        (r, IoWrite(w))
+    }
+}
+
+/// The writing half of an [`Io`] stream: written by the session's task only
+/// (it cannot be tried without registering a wake-up).
+#[derive(Debug)]
+pub struct IoWrite<S>(WriteHalf<S>);
+
+impl<S: AsyncWrite + Send + Unpin + 'static> ConnWrite for IoWrite<S> {
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// The reading half of a built-in socket. After a read that drained the
+/// socket it waits for the reactor to say more came before reading again:
+/// async-io's `poll_read` tries the read first, so without this every turn
+/// of the connection's task would cost a failed read.
+#[derive(Debug)]
+pub struct SocketRead<T> {
+    io: Arc<Async<T>>,
+    drained: bool,
+}
+
+impl<T> AsyncRead for SocketRead<T>
+where
+    for<'a> &'a Async<T>: AsyncRead,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.drained {
+            match self.io.poll_readable(cx) {
+                Poll::Ready(Ok(())) => self.drained = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let io = self.io.clone();
+        match Pin::new(&mut &*io).poll_read(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                self.drained = n < buf.len();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                // The reactor is watching for more.
+                self.drained = true;
+                Poll::Pending
+            }
+            r => r,
+        }
+    }
+}
+
+/// The writing half of a built-in socket: callers write to it directly
+/// (async-io sockets are non-blocking, so a plain write never waits).
+#[derive(Debug)]
+pub struct SocketWrite<T>(Arc<Async<T>>);
+
+impl<T> ConnWrite for SocketWrite<T>
+where
+    T: Send + Sync + 'static,
+    for<'a> &'a T: Write,
+    for<'a> &'a Async<T>: AsyncWrite,
+{
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.get_ref().write(buf)
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut &*self.0).poll_close(cx)
+    }
+}
+
+/// A built-in socket as a connection.
+fn split_socket<T>(io: Async<T>) -> (SocketRead<T>, SocketWrite<T>) {
+    let io = Arc::new(io);
+    (
+        SocketRead {
+            io: io.clone(),
+            drained: false,
+        },
+        SocketWrite(io),
+    )
+}
+
+impl Connection for Async<std::net::TcpStream> {
+    type Read = SocketRead<std::net::TcpStream>;
+    type Write = SocketWrite<std::net::TcpStream>;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        split_socket(self)
+    }
+}
+
+#[cfg(unix)]
+impl Connection for Async<std::os::unix::net::UnixStream> {
+    type Read = SocketRead<std::os::unix::net::UnixStream>;
+    type Write = SocketWrite<std::os::unix::net::UnixStream>;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        split_socket(self)
+    }
+}

@@ -41,6 +41,10 @@ pub struct PeerBuilder {
     codecs: CodecRegistry,
     xfers: XferRegistry,
     proto: Option<ProtoFunc>,
+    #[cfg(feature = "tls")]
+    listen_tls: Option<crate::tls::TlsAcceptor>,
+    #[cfg(feature = "tls")]
+    dial_tls: Option<crate::tls::TlsConnector>,
 }
 
 impl PeerBuilder {
@@ -53,6 +57,10 @@ impl PeerBuilder {
             codecs: CodecRegistry::default(),
             xfers: XferRegistry::default(),
             proto: None,
+            #[cfg(feature = "tls")]
+            listen_tls: None,
+            #[cfg(feature = "tls")]
+            dial_tls: None,
         }
     }
 
@@ -144,6 +152,22 @@ impl PeerBuilder {
         self
     }
 
+    /// Listeners serve TLS with this acceptor (instead of the config's
+    /// `listen_tls` files).
+    #[cfg(feature = "tls")]
+    pub fn listen_tls(&mut self, acceptor: crate::tls::TlsAcceptor) -> &mut Self {
+        self.listen_tls = Some(acceptor);
+        self
+    }
+
+    /// Dials speak TLS with this connector (instead of the config's
+    /// `dial_tls` files).
+    #[cfg(feature = "tls")]
+    pub fn dial_tls(&mut self, connector: crate::tls::TlsConnector) -> &mut Self {
+        self.dial_tls = Some(connector);
+        self
+    }
+
     /// Adds (or replaces) a transfer filter.
     pub fn xfer_filter(&mut self, filter: impl XferFilter) -> &mut Self {
         self.xfers.register(Arc::new(filter));
@@ -155,6 +179,7 @@ impl PeerBuilder {
     /// route.
     pub fn build(self) -> io::Result<Arc<PeerCore>> {
         let session_config = self.config.session_config(&self.codecs)?;
+        let tls = self.tls()?;
         self.plugins
             .after_register(&self.router)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -165,7 +190,45 @@ impl PeerBuilder {
             xfers: Arc::new(self.xfers),
             config: session_config,
         });
-        Ok(Arc::new(PeerCore::new(self.config, shared, self.proto)))
+        Ok(Arc::new(PeerCore::new(
+            self.config,
+            shared,
+            self.proto,
+            tls,
+        )))
+    }
+
+    /// The TLS ends: set in code, else from the config's files.
+    #[cfg(feature = "tls")]
+    fn tls(&self) -> io::Result<crate::registry::PeerTls> {
+        use crate::tls::{TlsAcceptor, TlsConnector};
+        let invalid = |e: crate::tls::TlsError| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let acceptor = match (&self.listen_tls, &self.config.listen_tls) {
+            (Some(a), _) => Some(a.clone()),
+            (None, Some(s)) => Some(TlsAcceptor::from_settings(s).map_err(invalid)?),
+            (None, None) => None,
+        };
+        let connector = match (&self.dial_tls, &self.config.dial_tls) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(s)) => Some(TlsConnector::from_settings(s).map_err(invalid)?),
+            (None, None) => None,
+        };
+        Ok(crate::registry::PeerTls {
+            acceptor,
+            connector,
+        })
+    }
+
+    /// Without the `tls` feature, TLS settings are an error, not ignored.
+    #[cfg(not(feature = "tls"))]
+    fn tls(&self) -> io::Result<crate::registry::PeerTls> {
+        if self.config.listen_tls.is_some() || self.config.dial_tls.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "listen_tls / dial_tls need the `tls` feature",
+            ));
+        }
+        Ok(crate::registry::PeerTls {})
     }
 }
 

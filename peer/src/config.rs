@@ -1,5 +1,6 @@
 //! Peer settings, loadable from TOML or YAML through serde.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -21,6 +22,67 @@ pub enum Network {
     /// Unix seqpacket socket. Not supported yet: connecting or listening
     /// with it fails with `Unsupported` (see the crate docs).
     Unixpacket,
+}
+
+/// TLS for a listener, from PEM files (feature `tls`; see `tls::TlsAcceptor`).
+///
+/// ```toml
+/// [listen_tls]
+/// cert = "server.pem"        # the certificate chain
+/// key = "server.key"
+/// client_ca = "clients.pem"  # ask clients for certificates signed by it
+/// handshake_timeout = "5s"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenSettings {
+    /// This server's certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Clients must present a certificate signed by a CA of this bundle
+    /// (mutual TLS); unset: clients are not asked.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: a client without a certificate is let in too.
+    #[serde(default)]
+    pub client_cert_optional: bool,
+    /// How long a handshake may take.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+/// TLS for dialing, from PEM files (feature `tls`; see `tls::TlsConnector`).
+///
+/// ```toml
+/// [dial_tls]
+/// ca = "ca.pem"                # the CAs that sign servers' certificates
+/// cert = "client.pem"          # mutual TLS: this side's chain and key
+/// key = "client.key"
+/// server_name = "api.internal" # else the host of the dialed address
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsDialSettings {
+    /// The CA bundle (PEM) a server's certificate must be signed by.
+    pub ca: PathBuf,
+    /// This side's certificate chain (PEM), for servers that ask for one.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate must carry; unset: the host of
+    /// the dialed address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// How long a handshake may take.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// A peer's settings; every field has a default, so `{}` is a valid
@@ -56,6 +118,10 @@ pub struct PeerConfig {
     /// connection's end, as Go v3 does.
     #[serde(with = "humantime_serde")]
     pub default_pull_timeout: Option<Duration>,
+    /// How long a dial may take to connect (each re-dial too); unset: as
+    /// long as the system's connect takes. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Option<Duration>,
     /// How many times a dialed session re-dials after its connection broke
     /// (0: never).
     pub redial_times: u32,
@@ -99,6 +165,10 @@ pub struct PeerConfig {
     pub max_incoming_bytes: usize,
     /// Most bytes queued for writing on one session.
     pub max_queued_bytes: usize,
+    /// Serve TLS on the listen address (feature `tls`).
+    pub listen_tls: Option<TlsListenSettings>,
+    /// Dial with TLS (feature `tls`).
+    pub dial_tls: Option<TlsDialSettings>,
 }
 
 impl Default for PeerConfig {
@@ -111,6 +181,7 @@ impl Default for PeerConfig {
             write_buffer_size: None,
             read_limit: s.read_limit,
             default_pull_timeout: None,
+            dial_timeout: Some(Duration::from_secs(10)),
             redial_times: 0,
             redial_interval: Duration::from_millis(100),
             slow_call_threshold: None,
@@ -124,6 +195,8 @@ impl Default for PeerConfig {
             max_incoming_pulls: s.max_incoming_pulls,
             max_incoming_bytes: s.max_incoming_bytes,
             max_queued_bytes: s.max_queued_bytes,
+            listen_tls: None,
+            dial_tls: None,
         }
     }
 }

@@ -27,10 +27,12 @@ pub mod net;
 mod options;
 mod registry;
 mod session;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use addr::PeerAddr;
 pub use builder::{Controller, Group, PeerBuilder};
-pub use config::{Network, PeerConfig};
+pub use config::{Network, PeerConfig, TlsDialSettings, TlsListenSettings};
 pub use driver::{
     closed_error, finish_handler, panicked, refuse, CoreSession, Done, Driver, HandlerCall, Token,
     BUDGET, FINAL_FLUSH, FLUSH_GRACE, INLINE_DECODE_LIMIT, MAX_REDIAL_WAIT,
@@ -38,9 +40,9 @@ pub use driver::{
 pub use handler::{
     pull_handler, push_handler, BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied,
 };
-pub use options::{DialOptions, ListenOptions, ServeOptions};
+pub use options::{DialError, DialOptions, ListenOptions, ServeOptions};
 pub use registry::{
-    Abort, Blocking, Linger, PeerCore, ProtoFunc, SessionStart, ShutdownReport, LINGER,
+    Abort, Blocking, Linger, PeerCore, PeerTls, ProtoFunc, SessionStart, ShutdownReport, LINGER,
     LINGER_BYTES,
 };
 pub use session::{Call, Command, DirectPath, Reply, Session, Wake};

@@ -24,6 +24,9 @@ use crate::registry::ProtoFunc;
 #[derive(Clone, Default)]
 pub struct DialOptions {
     pub(crate) proto: Option<ProtoFunc>,
+    /// `None`: the peer's; `Some(None)`: plaintext.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Option<crate::tls::TlsConnector>>,
 }
 
 impl DialOptions {
@@ -37,6 +40,29 @@ impl DialOptions {
     /// The proto chosen, if any.
     pub fn proto_func(&self) -> Option<ProtoFunc> {
         self.proto.clone()
+    }
+
+    /// This dial speaks TLS with `connector`, whatever the peer's.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, connector: crate::tls::TlsConnector) -> Self {
+        self.tls = Some(Some(connector));
+        self
+    }
+
+    /// This dial is plaintext, whatever the peer's.
+    #[cfg(feature = "tls")]
+    pub fn no_tls(mut self) -> Self {
+        self.tls = Some(None);
+        self
+    }
+
+    /// The TLS connector of this dial: its own, else the peer's.
+    #[cfg(feature = "tls")]
+    pub fn tls_for(&self, peer: &crate::PeerCore) -> Option<crate::tls::TlsConnector> {
+        match &self.tls {
+            Some(choice) => choice.clone(),
+            None => peer.tls().connector.clone(),
+        }
     }
 }
 
@@ -54,6 +80,9 @@ impl std::fmt::Debug for DialOptions {
 pub struct ListenOptions {
     pub(crate) proto: Option<ProtoFunc>,
     pub(crate) address: Option<String>,
+    /// `None`: the peer's; `Some(None)`: plaintext.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Option<crate::tls::TlsAcceptor>>,
 }
 
 impl ListenOptions {
@@ -77,6 +106,29 @@ impl ListenOptions {
     /// The address chosen, if any.
     pub fn address_override(&self) -> Option<&str> {
         self.address.as_deref()
+    }
+
+    /// This listener serves TLS with `acceptor`, whatever the peer's.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, acceptor: crate::tls::TlsAcceptor) -> Self {
+        self.tls = Some(Some(acceptor));
+        self
+    }
+
+    /// This listener is plaintext, whatever the peer's.
+    #[cfg(feature = "tls")]
+    pub fn no_tls(mut self) -> Self {
+        self.tls = Some(None);
+        self
+    }
+
+    /// The TLS acceptor of this listener: its own, else the peer's.
+    #[cfg(feature = "tls")]
+    pub fn tls_for(&self, peer: &crate::PeerCore) -> Option<crate::tls::TlsAcceptor> {
+        match &self.tls {
+            Some(choice) => choice.clone(),
+            None => peer.tls().acceptor.clone(),
+        }
     }
 }
 
@@ -152,5 +204,61 @@ impl std::fmt::Debug for ServeOptions {
             .field("role", &self.role)
             .field("remote", &self.remote)
             .finish()
+    }
+}
+
+/// Why a dial failed. It becomes the seed's 105 `Dial Failed` [`Rerror`]
+/// (`From`), with this error's text as the detail.
+///
+/// [`Rerror`]: teleport_core::Rerror
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The peer is shutting down: it dials no more.
+    #[error("peer is shutting down")]
+    ShuttingDown,
+    /// The connection could not be made.
+    #[error("{addr}: {source}")]
+    Connect {
+        /// What was dialed.
+        addr: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Connecting took longer than the configured dial timeout.
+    #[error("{addr}: no connection within {after:?}")]
+    Timeout {
+        /// What was dialed.
+        addr: String,
+        /// The dial timeout.
+        after: std::time::Duration,
+    },
+    /// The TLS handshake failed.
+    #[cfg(feature = "tls")]
+    #[error("{addr}: {source}")]
+    Tls {
+        /// What was dialed.
+        addr: String,
+        /// What was wrong.
+        source: crate::tls::TlsError,
+    },
+}
+
+impl From<DialError> for teleport_core::Rerror {
+    fn from(e: DialError) -> Self {
+        teleport_core::Rerror::dial_failed(e.to_string())
+    }
+}
+
+impl From<DialError> for std::io::Error {
+    fn from(e: DialError) -> Self {
+        use std::io::{Error, ErrorKind};
+        match e {
+            DialError::Connect { source, .. } => source,
+            DialError::Timeout { .. } => Error::new(ErrorKind::TimedOut, e),
+            #[cfg(feature = "tls")]
+            DialError::Tls { source, .. } => source.into(),
+            DialError::ShuttingDown => Error::other(e),
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::OnceLock;
 
-use teleport_core::{DecodeJob, MakeProto, Rerror, Role, Shared};
+use teleport_core::{DecodeJob, MakeProto, Role, Shared};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 use crate::addr::PeerAddr;
@@ -17,6 +17,7 @@ use crate::config::PeerConfig;
 use crate::driver::{Done, Driver};
 use crate::handler::BoxFuture;
 use crate::handler::Handler;
+use crate::options::DialError;
 use crate::session::{Command, Session, SessionInner, Wake};
 
 /// Ids are unique in the process, so logs of two peers in one program do
@@ -124,6 +125,19 @@ pub struct PeerCore {
     lingering: AtomicUsize,
     /// The proto of sessions that name none.
     default_proto: Option<ProtoFunc>,
+    tls: PeerTls,
+}
+
+/// The TLS ends of a peer: how its listeners accept and its dials connect,
+/// unless an option says otherwise.
+#[derive(Clone, Debug, Default)]
+pub struct PeerTls {
+    /// For listeners.
+    #[cfg(feature = "tls")]
+    pub acceptor: Option<crate::tls::TlsAcceptor>,
+    /// For dials.
+    #[cfg(feature = "tls")]
+    pub connector: Option<crate::tls::TlsConnector>,
 }
 
 impl std::fmt::Debug for PeerCore {
@@ -140,6 +154,7 @@ impl PeerCore {
         config: PeerConfig,
         shared: Arc<Shared<Handler>>,
         default_proto: Option<ProtoFunc>,
+        tls: PeerTls,
     ) -> Self {
         let (shutdown, _) = watch::channel(false);
         PeerCore {
@@ -157,7 +172,13 @@ impl PeerCore {
             blocking: OnceLock::new(),
             lingering: AtomicUsize::new(0),
             default_proto,
+            tls,
         }
+    }
+
+    /// The peer's TLS ends (set in code or from the config).
+    pub fn tls(&self) -> &PeerTls {
+        &self.tls
     }
 
     /// Sets where work that must not block a connection's owner runs (see
@@ -282,17 +303,20 @@ impl PeerCore {
         session
     }
 
-    /// Refuses a dial while shutting down (105 `Dial Failed`).
-    pub fn check_dial(&self) -> Result<(), Rerror> {
+    /// Refuses a dial while shutting down.
+    pub fn check_dial(&self) -> Result<(), DialError> {
         if self.is_shutting_down() {
-            return Err(Rerror::dial_failed("peer is shutting down"));
+            return Err(DialError::ShuttingDown);
         }
         Ok(())
     }
 
-    /// The error a failed connect to `addr` becomes (105 `Dial Failed`).
-    pub fn dial_error(addr: &str, e: std::io::Error) -> Rerror {
-        Rerror::dial_failed(format!("{addr}: {e}"))
+    /// The error a failed connect to `addr` becomes.
+    pub fn dial_error(addr: &str, e: std::io::Error) -> DialError {
+        DialError::Connect {
+            addr: addr.to_string(),
+            source: e,
+        }
     }
 
     /// Removes a finished session.

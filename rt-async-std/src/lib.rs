@@ -63,9 +63,9 @@ pub mod transport;
 pub use executor::{Executor, Spawn};
 pub use peer::Peer;
 pub use teleport_peer::{
-    BoxFuture, Call, Controller, DialOptions, Group, Handler, IntoReply, ListenOptions, Network,
-    PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions, Session,
-    ShutdownReport,
+    BoxFuture, Call, Controller, DialError, DialOptions, Group, Handler, IntoReply, ListenOptions,
+    Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions,
+    Session, ShutdownReport,
 };
 
 pub use teleport_core as core;
@@ -76,7 +76,7 @@ pub use teleport_core as core;
 macro_rules! preset {
     ($variant:ident, $module:literal, $runtime:literal, $block_on:literal) => {
         pub use crate::{
-            core, BoxFuture, Call, Controller, DialOptions, Executor, Group, Handler, IntoReply,
+            core, BoxFuture, Call, Controller, DialError, DialOptions, Executor, Group, Handler, IntoReply,
             ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied,
             Reply, ServeOptions, Session, ShutdownReport, Spawn,
         };

@@ -10,15 +10,61 @@ use async_io::Timer;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::FutureExt as _;
-use teleport_core::{Rerror, Role};
+use teleport_core::Role;
+#[cfg(feature = "tls")]
+use teleport_peer::tls::{TlsAcceptor, TlsConnector, TlsError};
 use teleport_peer::{
-    BoxFuture, DialOptions, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerCore,
-    ProtoFunc, ServeOptions, Session, SessionStart, ShutdownReport,
+    BoxFuture, DialError, DialOptions, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig,
+    PeerCore, ProtoFunc, ServeOptions, Session, SessionStart, ShutdownReport,
 };
 
 use crate::executor::Executor;
 use crate::net;
 use crate::transport::{Connection, Io};
+
+/// How a listener's connections are accepted: TLS or not.
+#[cfg(feature = "tls")]
+type ListenTls = TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+type ListenTls = NoTls;
+
+/// Without the `tls` feature no listener serves TLS.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone, Copy)]
+enum NoTls {}
+
+/// Connects with `f` within the configured dial timeout.
+async fn connect<'a, S, F>(
+    cfg: &'a PeerConfig,
+    addr: &'a str,
+    f: impl FnOnce(&'a PeerConfig, &'a str) -> F,
+) -> Result<net::Connected<S>, DialError>
+where
+    F: Future<Output = io::Result<net::Connected<S>>>,
+{
+    let connect = async { Some(f(cfg, addr).await) };
+    let r = match cfg.dial_timeout {
+        Some(after) => {
+            let timeout = async {
+                Timer::after(after).await;
+                None
+            };
+            match futures_lite::future::or(connect, timeout).await {
+                Some(r) => r,
+                None => {
+                    return Err(DialError::Timeout {
+                        addr: addr.to_string(),
+                        after,
+                    })
+                }
+            }
+        }
+        None => connect
+            .await
+            .unwrap_or_else(|| Err(io::Error::other("no dial"))),
+    };
+    r.map_err(|e| PeerCore::dial_error(addr, e))
+}
 
 /// A connect function for sessions that are never re-dialed.
 fn no_redial<S>(_: String) -> std::future::Ready<io::Result<S>> {
@@ -83,39 +129,109 @@ impl Peer {
     }
 
     /// Dials `addr` (`host:port`, or a path for unix) and starts a session.
-    /// Refused (105 `Dial Failed`) while shutting down or if the dial fails.
-    pub async fn dial(&self, addr: &str) -> Result<Session, Rerror> {
+    /// Refused while shutting down; fails if the dial (or its TLS handshake)
+    /// does, or takes longer than the configured `dial_timeout`.
+    pub async fn dial(&self, addr: &str) -> Result<Session, DialError> {
         self.dial_with(addr, DialOptions::default()).await
     }
 
-    /// [`Peer::dial`] with options (a proto of this dial's own).
-    pub async fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, Rerror> {
+    /// [`Peer::dial`] with options (a proto or TLS of this dial's own).
+    pub async fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, DialError> {
         self.core.check_dial()?;
-        let cfg = self.config().clone();
-        let dial_error = |e| PeerCore::dial_error(addr, e);
+        let cfg = Arc::new(self.config().clone());
+        let conn = |remote, local| {
+            SessionStart::new(remote, local, Role::Dialer)
+                .redial_at(addr)
+                .proto(opts.proto_func())
+        };
+        #[cfg(feature = "tls")]
+        if let Some(tls) = opts.tls_for(&self.core) {
+            return self.dial_tls(addr, cfg, tls, conn).await;
+        }
         match cfg.network {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
-                let (s, remote, local) = net::connect_tcp(&cfg, addr).await.map_err(dial_error)?;
-                let conn = SessionStart::new(remote, local, Role::Dialer)
-                    .redial_at(addr)
-                    .proto(opts.proto_func());
-                Ok(self.start(s, conn, move |a| {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_tcp).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
                     let cfg = cfg.clone();
-                    async move { net::connect_tcp(&cfg, &a).await.map(|c| c.0) }
+                    async move { Ok(connect(&cfg, &a, net::connect_tcp).await?.0) }
                 }))
             }
             #[cfg(unix)]
             Network::Unix => {
-                let (s, remote, local) = net::connect_unix(&cfg, addr).await.map_err(dial_error)?;
-                let conn = SessionStart::new(remote, local, Role::Dialer)
-                    .redial_at(addr)
-                    .proto(opts.proto_func());
-                Ok(self.start(s, conn, move |a| {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_unix).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
                     let cfg = cfg.clone();
-                    async move { net::connect_unix(&cfg, &a).await.map(|c| c.0) }
+                    async move { Ok(connect(&cfg, &a, net::connect_unix).await?.0) }
                 }))
             }
-            other => Err(dial_error(teleport_peer::net::unsupported_network(other))),
+            other => Err(PeerCore::dial_error(
+                addr,
+                teleport_peer::net::unsupported_network(other),
+            )),
+        }
+    }
+
+    /// A dial with a TLS handshake after the connect (and after each
+    /// re-dial's).
+    #[cfg(feature = "tls")]
+    async fn dial_tls(
+        &self,
+        addr: &str,
+        cfg: Arc<PeerConfig>,
+        tls: TlsConnector,
+        conn: impl FnOnce(PeerAddr, PeerAddr) -> SessionStart,
+    ) -> Result<Session, DialError> {
+        async fn over<S: AsyncRead + AsyncWrite + Unpin>(
+            tls: &TlsConnector,
+            addr: &str,
+            s: S,
+        ) -> Result<Io<futures_rustls::client::TlsStream<S>>, DialError> {
+            let err = |source| DialError::Tls {
+                addr: addr.to_string(),
+                source,
+            };
+            let name = tls.server_name_for(addr).map_err(err)?;
+            let shown = name.to_str().into_owned();
+            let connector = futures_rustls::TlsConnector::from(tls.config().clone());
+            let hs = async { Some(connector.connect(name, s).await) };
+            let timeout = async {
+                Timer::after(tls.handshake_timeout()).await;
+                None
+            };
+            match futures_lite::future::or(hs, timeout).await {
+                None => Err(err(TlsError::Timeout(tls.handshake_timeout()))),
+                Some(Err(e)) => Err(err(TlsError::from_handshake(e, Some(&shown)))),
+                Some(Ok(s)) => Ok(Io(s)),
+            }
+        }
+        match cfg.network {
+            Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_tcp).await?;
+                let s = over(&tls, addr, s).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
+                    let (cfg, tls) = (cfg.clone(), tls.clone());
+                    async move {
+                        let s = connect(&cfg, &a, net::connect_tcp).await?.0;
+                        Ok(over(&tls, &a, s).await?)
+                    }
+                }))
+            }
+            #[cfg(unix)]
+            Network::Unix => {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_unix).await?;
+                let s = over(&tls, addr, s).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
+                    let (cfg, tls) = (cfg.clone(), tls.clone());
+                    async move {
+                        let s = connect(&cfg, &a, net::connect_unix).await?.0;
+                        Ok(over(&tls, &a, s).await?)
+                    }
+                }))
+            }
+            other => Err(PeerCore::dial_error(
+                addr,
+                teleport_peer::net::unsupported_network(other),
+            )),
         }
     }
 
@@ -153,12 +269,16 @@ impl Peer {
             cfg.listen_address = a.to_string();
         }
         let proto = opts.proto_func();
+        #[cfg(feature = "tls")]
+        let tls = opts.tls_for(&self.core);
+        #[cfg(not(feature = "tls"))]
+        let tls: Option<NoTls> = None;
         match cfg.network {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
                 let l = Arc::new(net::bind_tcp_listener(&cfg).await?);
                 let addr = PeerAddr::Tcp(l.get_ref().local_addr()?);
                 let cfg = Arc::new(cfg);
-                self.serve_listener(addr.clone(), proto, move || {
+                self.serve_listener(addr.clone(), proto, tls, move || {
                     let (l, cfg) = (l.clone(), cfg.clone());
                     Box::pin(async move { net::accept_tcp(&l, &cfg).await })
                 });
@@ -169,7 +289,7 @@ impl Peer {
                 let l = Arc::new(net::bind_unix_listener(&cfg)?);
                 let addr = PeerAddr::Unix(cfg.listen_address.clone());
                 let cfg = Arc::new(cfg);
-                self.serve_listener(addr.clone(), proto, move || {
+                self.serve_listener(addr.clone(), proto, tls, move || {
                     let (l, cfg) = (l.clone(), cfg.clone());
                     Box::pin(async move { net::accept_unix(&l, &cfg.listen_address, &cfg).await })
                 });
@@ -181,9 +301,14 @@ impl Peer {
 
     /// Accepts with `accept` until the shutdown, starting a session per
     /// connection.
-    fn serve_listener<S, A>(&self, addr: PeerAddr, proto: Option<ProtoFunc>, accept: A)
-    where
-        S: Connection,
+    fn serve_listener<S, A>(
+        &self,
+        addr: PeerAddr,
+        proto: Option<ProtoFunc>,
+        tls: Option<ListenTls>,
+        accept: A,
+    ) where
+        S: Connection + AsyncRead + AsyncWrite + Unpin,
         A: Fn() -> BoxFuture<io::Result<net::Connected<S>>> + Send + Sync + 'static,
     {
         tracing::info!(%addr, "listening");
@@ -204,7 +329,7 @@ impl Peer {
                     Some(Ok((stream, remote, local))) => {
                         let conn =
                             SessionStart::new(remote, local, Role::Acceptor).proto(proto.clone());
-                        peer.start(stream, conn, no_redial::<S>);
+                        peer.accepted(stream, conn, &tls);
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -215,6 +340,43 @@ impl Peer {
             }
             tracing::info!("listener closed");
         }));
+    }
+
+    /// Starts the session of an accepted connection, after its TLS
+    /// handshake (in a task of its own) when the listener serves TLS.
+    fn accepted<S>(&self, stream: S, conn: SessionStart, tls: &Option<ListenTls>)
+    where
+        S: Connection + AsyncRead + AsyncWrite + Unpin,
+    {
+        match tls {
+            None => {
+                self.start(stream, conn, no_redial::<S>);
+            }
+            #[cfg(feature = "tls")]
+            Some(tls) => {
+                let (peer, tls) = (self.clone(), tls.clone());
+                self.exec.spawn(Box::pin(async move {
+                    let remote = conn.remote.clone();
+                    let acceptor = futures_rustls::TlsAcceptor::from(tls.config().clone());
+                    let hs = async { Some(acceptor.accept(stream).await) };
+                    let timeout = async {
+                        Timer::after(tls.handshake_timeout()).await;
+                        None
+                    };
+                    let e = match futures_lite::future::or(hs, timeout).await {
+                        Some(Ok(s)) => {
+                            peer.start(Io(s), conn, no_redial::<Io<_>>);
+                            return;
+                        }
+                        Some(Err(e)) => TlsError::from_handshake(e, None),
+                        None => TlsError::Timeout(tls.handshake_timeout()),
+                    };
+                    tracing::warn!(%remote, error = %e, "TLS handshake failed");
+                }));
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match *never {},
+        }
     }
 
     /// Serves on the configured listen address until [`Peer::shutdown`].

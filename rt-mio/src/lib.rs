@@ -58,8 +58,8 @@ pub use peer::{default_workers, Peer};
 pub use session::{Call, Session};
 pub use sync::{SyncController, SyncGroup, SyncHandlers};
 pub use teleport_peer::{
-    BoxFuture, Controller, DialOptions, Group, Handler, IntoReply, ListenOptions, Network,
-    PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions,
+    BoxFuture, Controller, DialError, DialOptions, Group, Handler, IntoReply, ListenOptions,
+    Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions,
     ShutdownReport,
 };
 

@@ -155,7 +155,11 @@ pub(crate) fn connect(cfg: &PeerConfig, addr: &str) -> io::Result<Connected> {
         Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
             let mut last = None;
             for a in resolve(cfg.network, addr)? {
-                match std::net::TcpStream::connect(a) {
+                let connected = match cfg.dial_timeout {
+                    Some(t) => std::net::TcpStream::connect_timeout(&a, t),
+                    None => std::net::TcpStream::connect(a),
+                };
+                match connected {
                     Ok(s) => {
                         tune_socket(socket2::SockRef::from(&s), cfg, true)?;
                         s.set_nonblocking(true)?;

@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use teleport_core::{Rerror, Role};
+use teleport_core::Role;
 use teleport_peer::{
-    DialOptions, ListenOptions, PeerAddr, PeerBuilder, PeerConfig, PeerCore, ServeOptions,
-    SessionStart, ShutdownReport,
+    DialError, DialOptions, ListenOptions, PeerAddr, PeerBuilder, PeerConfig, PeerCore,
+    ServeOptions, SessionStart, ShutdownReport,
 };
 
 use crate::event_loop::{new_session, EventLoop, LoopShared, Msg};
@@ -107,16 +107,21 @@ impl Peer {
     /// Dials `addr` (`host:port`, or a path for unix) and starts a session;
     /// blocks while connecting. Refused (105 `Dial Failed`) while shutting
     /// down or if the dial fails.
-    pub fn dial(&self, addr: &str) -> Result<Session, Rerror> {
+    pub fn dial(&self, addr: &str) -> Result<Session, DialError> {
         self.dial_with(addr, DialOptions::default())
     }
 
     /// [`Peer::dial`] with options (a proto of this dial's own).
-    pub fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, Rerror> {
+    pub fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, DialError> {
         let core = &self.0.core;
         core.check_dial()?;
-        let c =
-            crate::net::connect(core.config(), addr).map_err(|e| PeerCore::dial_error(addr, e))?;
+        let c = crate::net::connect(core.config(), addr).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => DialError::Timeout {
+                addr: addr.to_string(),
+                after: core.config().dial_timeout.unwrap_or_default(),
+            },
+            _ => PeerCore::dial_error(addr, e),
+        })?;
         let conn = SessionStart::new(c.remote.clone(), c.local.clone(), Role::Dialer)
             .redial_at(addr)
             .proto(opts.proto_func());

@@ -104,7 +104,8 @@ fn listen_blocks_until_shutdown() {
     t.join().unwrap().expect("listen");
     // And a dial is refused now.
     let e = server.dial("127.0.0.1:1").expect_err("dial after shutdown");
-    assert_eq!(e.code, Rerror::CODE_DIAL_FAILED, "{e}");
+    assert!(matches!(e, teleport_mio::DialError::ShuttingDown), "{e}");
+    assert_eq!(Rerror::from(e).code, Rerror::CODE_DIAL_FAILED);
 }
 
 #[test]
@@ -187,7 +188,7 @@ fn unsupported_network_is_refused() {
     let e = peer.bind().expect_err("unixpacket");
     assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
     let e = peer.dial("/tmp/none").expect_err("unixpacket");
-    assert_eq!(e.code, Rerror::CODE_DIAL_FAILED, "{e}");
+    assert_eq!(Rerror::from(e).code, Rerror::CODE_DIAL_FAILED);
 }
 
 #[test]
@@ -203,5 +204,5 @@ fn tcp4_and_tcp6_pick_their_family() {
     let e = peer
         .dial("127.0.0.1:1")
         .expect_err("an IPv4 address on tcp6");
-    assert_eq!(e.code, Rerror::CODE_DIAL_FAILED, "{e}");
+    assert!(e.to_string().contains("Tcp6"), "{e}");
 }

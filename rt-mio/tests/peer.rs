@@ -842,6 +842,7 @@ fn graceful_shutdown(held: Held, workers: usize, sessions_n: usize, per_session:
             n,
             client2
                 .dial(&addr)
+                .map_err(Rerror::from)
                 .and_then(|s| s.pull::<_, u64>("/work", &n)),
         ));
         late

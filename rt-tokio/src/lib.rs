@@ -45,9 +45,9 @@ pub mod transport;
 
 pub use peer::Peer;
 pub use teleport_peer::{
-    BoxFuture, Call, Controller, DialOptions, Group, Handler, IntoReply, ListenOptions, Network,
-    PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions, Session,
-    ShutdownReport,
+    BoxFuture, Call, Controller, DialError, DialOptions, Group, Handler, IntoReply, ListenOptions,
+    Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions,
+    Session, ShutdownReport,
 };
 
 pub use teleport_core as core;

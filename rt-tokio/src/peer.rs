@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use teleport_core::{Rerror, Role};
+use teleport_core::Role;
+#[cfg(feature = "tls")]
+use teleport_peer::tls::{TlsAcceptor, TlsConnector, TlsError};
 use teleport_peer::{
-    DialOptions, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerCore, ServeOptions,
-    Session, SessionStart, ShutdownReport, FLUSH_GRACE, LINGER,
+    DialError, DialOptions, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerCore,
+    ProtoFunc, ServeOptions, Session, SessionStart, ShutdownReport, FLUSH_GRACE, LINGER,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -19,6 +21,42 @@ use crate::transport::{Connection, Io};
 /// A teleport peer on tokio: a server, a client, or both at once.
 #[derive(Clone, Debug)]
 pub struct Peer(Arc<PeerCore>);
+
+/// How a listener's connections are accepted: TLS or not.
+#[cfg(feature = "tls")]
+type ListenTls = TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+type ListenTls = NoTls;
+
+/// Without the `tls` feature no listener serves TLS.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone, Copy)]
+enum NoTls {}
+
+/// Connects with `f` within the configured dial timeout.
+async fn connect<'a, S, F>(
+    cfg: &'a PeerConfig,
+    addr: &'a str,
+    f: impl FnOnce(&'a PeerConfig, &'a str) -> F,
+) -> Result<net::Connected<S>, DialError>
+where
+    F: Future<Output = io::Result<net::Connected<S>>>,
+{
+    let connect = f(cfg, addr);
+    let r = match cfg.dial_timeout {
+        Some(after) => match tokio::time::timeout(after, connect).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(DialError::Timeout {
+                    addr: addr.to_string(),
+                    after,
+                })
+            }
+        },
+        None => connect.await,
+    };
+    r.map_err(|e| PeerCore::dial_error(addr, e))
+}
 
 /// A connect function for sessions that are never re-dialed.
 fn no_redial<S>(_: String) -> std::future::Ready<io::Result<S>> {
@@ -65,39 +103,104 @@ impl Peer {
     }
 
     /// Dials `addr` (`host:port`, or a path for unix) and starts a session.
-    /// Refused (105 `Dial Failed`) while shutting down or if the dial fails.
-    pub async fn dial(&self, addr: &str) -> Result<Session, Rerror> {
+    /// Refused while shutting down; fails if the dial (or its TLS handshake)
+    /// does, or takes longer than the configured `dial_timeout`.
+    pub async fn dial(&self, addr: &str) -> Result<Session, DialError> {
         self.dial_with(addr, DialOptions::default()).await
     }
 
-    /// [`Peer::dial`] with options (a proto of this dial's own).
-    pub async fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, Rerror> {
+    /// [`Peer::dial`] with options (a proto or TLS of this dial's own).
+    pub async fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, DialError> {
         self.0.check_dial()?;
-        let cfg = self.config().clone();
-        let dial_error = |e| PeerCore::dial_error(addr, e);
+        let cfg = Arc::new(self.config().clone());
+        let conn = |remote, local| {
+            SessionStart::new(remote, local, Role::Dialer)
+                .redial_at(addr)
+                .proto(opts.proto_func())
+        };
+        #[cfg(feature = "tls")]
+        if let Some(tls) = opts.tls_for(&self.0) {
+            return self.dial_tls(addr, cfg, tls, conn).await;
+        }
         match cfg.network {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
-                let (s, remote, local) = net::connect_tcp(&cfg, addr).await.map_err(dial_error)?;
-                let conn = SessionStart::new(remote, local, Role::Dialer)
-                    .redial_at(addr)
-                    .proto(opts.proto_func());
-                Ok(self.start(s, conn, move |a| {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_tcp).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
                     let cfg = cfg.clone();
-                    async move { net::connect_tcp(&cfg, &a).await.map(|c| c.0) }
+                    async move { Ok(connect(&cfg, &a, net::connect_tcp).await?.0) }
                 }))
             }
             #[cfg(unix)]
             Network::Unix => {
-                let (s, remote, local) = net::connect_unix(&cfg, addr).await.map_err(dial_error)?;
-                let conn = SessionStart::new(remote, local, Role::Dialer)
-                    .redial_at(addr)
-                    .proto(opts.proto_func());
-                Ok(self.start(s, conn, move |a| {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_unix).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
                     let cfg = cfg.clone();
-                    async move { net::connect_unix(&cfg, &a).await.map(|c| c.0) }
+                    async move { Ok(connect(&cfg, &a, net::connect_unix).await?.0) }
                 }))
             }
-            other => Err(dial_error(teleport_peer::net::unsupported_network(other))),
+            other => Err(PeerCore::dial_error(
+                addr,
+                teleport_peer::net::unsupported_network(other),
+            )),
+        }
+    }
+
+    /// A dial with a TLS handshake after the connect (and after each
+    /// re-dial's).
+    #[cfg(feature = "tls")]
+    async fn dial_tls(
+        &self,
+        addr: &str,
+        cfg: Arc<PeerConfig>,
+        tls: TlsConnector,
+        conn: impl FnOnce(PeerAddr, PeerAddr) -> SessionStart,
+    ) -> Result<Session, DialError> {
+        async fn over<S: AsyncRead + AsyncWrite + Unpin>(
+            tls: &TlsConnector,
+            addr: &str,
+            s: S,
+        ) -> Result<Io<tokio_rustls::client::TlsStream<S>>, DialError> {
+            let err = |source| DialError::Tls {
+                addr: addr.to_string(),
+                source,
+            };
+            let name = tls.server_name_for(addr).map_err(err)?;
+            let shown = name.to_str().into_owned();
+            let connector = tokio_rustls::TlsConnector::from(tls.config().clone());
+            match tokio::time::timeout(tls.handshake_timeout(), connector.connect(name, s)).await {
+                Err(_) => Err(err(TlsError::Timeout(tls.handshake_timeout()))),
+                Ok(Err(e)) => Err(err(TlsError::from_handshake(e, Some(&shown)))),
+                Ok(Ok(s)) => Ok(Io(s)),
+            }
+        }
+        match cfg.network {
+            Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_tcp).await?;
+                let s = over(&tls, addr, s).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
+                    let (cfg, tls) = (cfg.clone(), tls.clone());
+                    async move {
+                        let s = connect(&cfg, &a, net::connect_tcp).await?.0;
+                        Ok(over(&tls, &a, s).await?)
+                    }
+                }))
+            }
+            #[cfg(unix)]
+            Network::Unix => {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_unix).await?;
+                let s = over(&tls, addr, s).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
+                    let (cfg, tls) = (cfg.clone(), tls.clone());
+                    async move {
+                        let s = connect(&cfg, &a, net::connect_unix).await?.0;
+                        Ok(over(&tls, &a, s).await?)
+                    }
+                }))
+            }
+            other => Err(PeerCore::dial_error(
+                addr,
+                teleport_peer::net::unsupported_network(other),
+            )),
         }
     }
 
@@ -137,6 +240,10 @@ impl Peer {
             cfg.listen_address = a.to_string();
         }
         let proto = opts.proto_func();
+        #[cfg(feature = "tls")]
+        let tls = opts.tls_for(&self.0);
+        #[cfg(not(feature = "tls"))]
+        let tls: Option<NoTls> = None;
         let peer = self.clone();
         let mut stop = self.0.shutdown_signal();
         match cfg.network {
@@ -148,7 +255,7 @@ impl Peer {
                     loop {
                         tokio::select! {
                             _ = stop.wait_for(|s| *s).map(drop) => break,
-                            r = net::accept_tcp(&l, &cfg) => peer.accepted(r, &proto).await,
+                            r = net::accept_tcp(&l, &cfg) => peer.accepted(r, &proto, &tls).await,
                         }
                     }
                     tracing::info!("listener closed");
@@ -165,7 +272,9 @@ impl Peer {
                     loop {
                         tokio::select! {
                             _ = stop.wait_for(|s| *s).map(drop) => break,
-                            r = net::accept_unix(&l, &path, &cfg) => peer.accepted(r, &proto).await,
+                            r = net::accept_unix(&l, &path, &cfg) => {
+                                peer.accepted(r, &proto, &tls).await
+                            }
                         }
                     }
                     tracing::info!("listener closed");
@@ -176,22 +285,51 @@ impl Peer {
         }
     }
 
-    /// Starts the session of an accepted connection, or waits a moment
-    /// after a failed accept (out of descriptors, say: do not spin).
-    async fn accepted<S: Connection>(
+    /// Starts the session of an accepted connection (after its TLS
+    /// handshake, in a task of its own, when the listener serves TLS), or
+    /// waits a moment after a failed accept (out of descriptors, say: do
+    /// not spin).
+    async fn accepted<S>(
         &self,
         r: io::Result<net::Connected<S>>,
-        proto: &Option<teleport_peer::ProtoFunc>,
-    ) {
-        match r {
-            Ok((stream, remote, local)) => {
-                let conn = SessionStart::new(remote, local, Role::Acceptor).proto(proto.clone());
-                self.start(stream, conn, no_redial::<S>);
-            }
+        proto: &Option<ProtoFunc>,
+        tls: &Option<ListenTls>,
+    ) where
+        S: Connection + AsyncRead + AsyncWrite + Unpin,
+    {
+        let (stream, remote, local) = match r {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
             }
+        };
+        let conn = SessionStart::new(remote, local, Role::Acceptor).proto(proto.clone());
+        match tls {
+            None => {
+                self.start(stream, conn, no_redial::<S>);
+            }
+            #[cfg(feature = "tls")]
+            Some(tls) => {
+                let (peer, tls) = (self.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let remote = conn.remote.clone();
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config().clone());
+                    let hs = tokio::time::timeout(tls.handshake_timeout(), acceptor.accept(stream));
+                    let e = match hs.await {
+                        Ok(Ok(s)) => {
+                            peer.start(Io(s), conn, no_redial::<Io<_>>);
+                            return;
+                        }
+                        Ok(Err(e)) => TlsError::from_handshake(e, None),
+                        Err(_) => TlsError::Timeout(tls.handshake_timeout()),
+                    };
+                    tracing::warn!(%remote, error = %e, "TLS handshake failed");
+                });
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(never) => match *never {},
         }
     }
 

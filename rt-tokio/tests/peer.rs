@@ -680,7 +680,7 @@ async fn graceful_shutdown_under_load_answers_every_accepted_pull() {
             let n = 999_999;
             match client.dial(&addr).await {
                 Ok(s) => (n, s.pull::<_, u64>("/work", &n).await),
-                Err(e) => (n, Err(e)),
+                Err(e) => (n, Err(e.into())),
             }
         });
     }

@@ -74,9 +74,12 @@ pub enum Client {
 impl Client {
     pub fn dial(&self, addr: &str) -> Result<Session, Rerror> {
         match self {
-            Client::Tokio(rt, p) => rt.block_on(p.dial(addr)),
-            Client::AsyncIo(rt, p) => rt.block_on(p.dial(addr)),
-            Client::Mio(p) => p.dial(addr).map(teleport_mio::Session::into_inner),
+            Client::Tokio(rt, p) => rt.block_on(p.dial(addr)).map_err(Rerror::from),
+            Client::AsyncIo(rt, p) => rt.block_on(p.dial(addr)).map_err(Rerror::from),
+            Client::Mio(p) => p
+                .dial(addr)
+                .map(teleport_mio::Session::into_inner)
+                .map_err(Rerror::from),
         }
     }
 

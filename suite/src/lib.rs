@@ -481,3 +481,48 @@ pub fn nofile_limit(pid: u32) -> io::Result<u64> {
 pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
     rlimit::increase_nofile_limit(want)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_line_is_read_back() {
+        let r =
+            parse_report("sessions=3 cancelled=1 handlers_abandoned=2 pulls_abandoned=4").unwrap();
+        assert_eq!(
+            (
+                r.sessions,
+                r.cancelled,
+                r.handlers_abandoned,
+                r.pulls_abandoned
+            ),
+            (3, 1, 2, 4)
+        );
+        assert!(parse_report("sessions=x").is_err());
+        assert!(parse_report("sessions").is_err());
+        assert!(parse_report("surprise=1").is_err());
+    }
+
+    #[test]
+    fn proc_figures_of_this_process() {
+        let pid = std::process::id();
+        let rss = proc_status_kib(pid, "VmRSS").unwrap();
+        reset_peak(pid).unwrap();
+        let peak = proc_status_kib(pid, "VmHWM").unwrap();
+        assert!(rss > 0 && peak > 0);
+        // Eight MiB touched show in the peak.
+        let v = vec![1u8; 8 << 20];
+        let after = proc_status_kib(pid, "VmHWM").unwrap();
+        assert!(after >= peak + 4 * 1024, "{peak} KiB then {after} KiB");
+        drop(v);
+        let before = open_fds(pid).unwrap();
+        let files: Vec<_> = (0..16)
+            .map(|_| std::fs::File::open("/proc/self/status").unwrap())
+            .collect();
+        assert!(open_fds(pid).unwrap() >= before + 16);
+        drop(files);
+        assert!(nofile_limit(pid).unwrap() > 0);
+        assert!(proc_status_kib(pid, "NoSuchField").is_err());
+    }
+}

@@ -117,7 +117,8 @@ impl Arena {
             }
             if Instant::now() > deadline {
                 let logs = self.server.logs();
-                let tail: String = logs.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+                let lines: Vec<&str> = logs.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
                 panic!(
                     "{}: {needle:?} logged {got} times, {n} expected; last lines:\n{tail}",
                     self.label

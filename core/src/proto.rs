@@ -357,7 +357,15 @@ impl Proto for FastProto {
             src.reserve((size - src.len()).min(MAX_EAGER_RESERVE));
             return Ok(None);
         }
-        let frame = src.split_to(size).freeze();
+        let frame = if size > MAX_EAGER_RESERVE {
+            // A large frame gets an allocation of its own: split off, it would
+            // share (and keep alive, as long as a handler holds its body) the
+            // input buffer's, which grows by doubling and so can be twice the
+            // frame. One copy of a large frame costs little next to reading it.
+            Bytes::copy_from_slice(&src.split_to(size))
+        } else {
+            src.split_to(size).freeze()
+        };
         let has_filters = frame.get(5).is_some_and(|n| *n > 0);
         if !has_filters || budget >= self.limit {
             return self.parse_frame(frame).map(|p| Some(Decoded::Packet(p)));

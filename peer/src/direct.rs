@@ -135,9 +135,13 @@ impl<W: ConnWrite> Live<W> {
                 }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Poll::Ready(Err(e)) => self.write_error = Some(e),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.core.set_unwritten(self.wbuf.len());
+                    return Poll::Pending;
+                }
             }
         }
+        self.core.set_unwritten(self.wbuf.len());
         if self.unflushed && self.write_error.is_none() {
             match self.wr.poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
@@ -176,6 +180,7 @@ impl<W: ConnWrite> Live<W> {
                 Err(e) => self.write_error = Some(e),
             }
         }
+        self.core.set_unwritten(self.wbuf.len());
     }
 
     /// Notes, where callers see it, what the owner waits for now: the

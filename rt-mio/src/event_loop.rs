@@ -748,6 +748,7 @@ impl EventLoop {
                     }
                 }
             }
+            c.core.set_unwritten(c.wbuf.len());
             if c.wbuf.is_empty() && c.writable && c.core.queued_bytes() > 0 {
                 progress = true;
             }

@@ -457,6 +457,8 @@ pub struct Session<H, T, P: Proto = FastProto> {
     partial_since: Option<Instant>,
     /// Bytes of the peer's pulls now held (see `max_incoming_bytes`).
     incoming_bytes: usize,
+    /// Bytes handed out by `poll_transmit` the adapter still holds.
+    unwritten: usize,
     /// The idle timer counts from here or `last_read`, whichever is later:
     /// moved on when calls stop being in flight and when reading resumes.
     idle_from: Instant,
@@ -514,6 +516,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             last_read: now,
             partial_since: None,
             incoming_bytes: 0,
+            unwritten: 0,
             idle_from: now,
             paused: false,
             busy: false,
@@ -584,6 +587,20 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         self.tx.len()
     }
 
+    /// Tells the session how many of the bytes [`Session::poll_transmit`]
+    /// handed out the adapter still holds unwritten: they count against
+    /// `max_queued_bytes` with the session's own, so what waits for a slow
+    /// peer stays within the bound however the adapter batches its writes.
+    /// (An adapter that writes everything it takes at once never calls it.)
+    pub fn set_unwritten(&mut self, bytes: usize) {
+        self.unwritten = bytes;
+    }
+
+    /// Bytes waiting to be written: queued here and held by the adapter.
+    fn pending_output(&self) -> usize {
+        self.tx.len() + self.unwritten
+    }
+
     /// Bytes of the peer's pulls being handled now (see
     /// [`SessionConfig::max_incoming_bytes`]).
     pub fn incoming_bytes(&self) -> usize {
@@ -598,7 +615,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         self.state != State::Closed
             && !self.input_ended
             && self.admits_frames()
-            && self.tx.len() < self.shared.config.max_queued_bytes
+            && self.pending_output() < self.shared.config.max_queued_bytes
     }
 
     /// Whether another frame may be taken off the buffered input: the
@@ -646,11 +663,11 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             return Err(Rerror::new(Rerror::CODE_BACKPRESSURE, "Backpressure")
                 .with_detail(format!("{} pulls pending, the limit", self.pending.len())));
         }
-        if self.tx.len() >= cfg.max_queued_bytes {
+        if self.pending_output() >= cfg.max_queued_bytes {
             return Err(
                 Rerror::new(Rerror::CODE_BACKPRESSURE, "Backpressure").with_detail(format!(
                     "{} bytes queued for writing, limit {}",
-                    self.tx.len(),
+                    self.pending_output(),
                     cfg.max_queued_bytes
                 )),
             );

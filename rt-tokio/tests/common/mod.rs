@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: hang guards, unix socket paths
-//! in the temp dir, and a log capture for tests that check what was logged.
+//! in the temp dir.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::future::Future;
@@ -19,6 +19,4 @@ pub async fn guard<F: Future>(what: &str, f: F) -> F::Output {
 
 // Each test binary uses a different subset.
 #[allow(unused_imports)]
-pub use teleport_testkit::{
-    capture_logs, captured_logs, configs, dial_addr, test_logs, SockPath, Transport,
-};
+pub use teleport_testkit::{configs, dial_addr, test_logs, SockPath, Transport};

@@ -384,6 +384,87 @@ impl Driver {
         }
     }
 
+    /// Re-dials at once, in the background, with backoff (`connect`,
+    /// `sleep`): up to `redial_times` attempts, waiting `redial_interval`
+    /// before the second and doubling up to [`MAX_REDIAL_WAIT`]. Calls made
+    /// meanwhile wait in `backlog` for [`Driver::open`]; pulls in flight at
+    /// the break already failed, and nothing is re-sent. A close stops it.
+    /// `None`: closed meanwhile, the peer is shutting down, or every
+    /// attempt failed (what waited fails with 105 then, and the session is
+    /// over).
+    pub async fn redial<S, C, CF, SF>(
+        &mut self,
+        addr: &str,
+        backlog: &mut Vec<Command>,
+        connect: &C,
+        sleep: &impl Fn(Duration) -> SF,
+    ) -> Option<S>
+    where
+        C: Fn(String) -> CF,
+        CF: Future<Output = std::io::Result<S>>,
+        SF: Future<Output = ()>,
+    {
+        use futures_util::future::{select, Either};
+        let cfg = self.peer.config();
+        let mut wait = cfg.redial_interval;
+        let mut last_err = None;
+        for attempt in 1..=cfg.redial_times {
+            if self.peer.is_shutting_down() {
+                break;
+            }
+            // An attempt (or a wait between two) and the commands that
+            // arrive meanwhile: a close ends the redial at once.
+            let this_wait = wait;
+            let step = async {
+                if attempt > 1 {
+                    sleep(this_wait).await;
+                }
+                connect(addr.to_string()).await
+            };
+            let mut step = std::pin::pin!(step);
+            let outcome = loop {
+                let next = {
+                    let recv = std::pin::pin!(self.cmd_rx.recv());
+                    match select(step.as_mut(), recv).await {
+                        Either::Left((r, _)) => Either::Left(r),
+                        Either::Right((cmd, _)) => Either::Right(cmd),
+                    }
+                };
+                match next {
+                    Either::Left(r) => break r,
+                    Either::Right(Some(Command::Close { done, .. })) => {
+                        self.close_requested = true;
+                        self.close_waiters.extend(done);
+                        refuse_all(backlog, closed_error(None));
+                        return None;
+                    }
+                    Either::Right(Some(cmd)) => backlog.push(cmd),
+                    // Every handle is gone: nobody can use the session.
+                    Either::Right(None) => return None,
+                }
+            };
+            match outcome {
+                Ok(s) => {
+                    tracing::info!(session = self.session.id(), %addr, attempt, "redialed");
+                    return Some(s);
+                }
+                Err(e) => {
+                    tracing::warn!(session = self.session.id(), %addr, attempt, error = %e, "redial failed");
+                    last_err = Some(e);
+                    if attempt > 1 {
+                        wait = wait.saturating_mul(2).min(MAX_REDIAL_WAIT);
+                    }
+                }
+            }
+        }
+        let detail = match last_err {
+            Some(e) => format!("{addr}: {e}"),
+            None => format!("{addr}: the peer is shutting down"),
+        };
+        refuse_all(backlog, Rerror::dial_failed(detail));
+        None
+    }
+
     /// Runs the session over `first`, then, as configured, over each
     /// re-dialed connection, until it is closed for good; then
     /// [`Driver::finish`]. The connections are shared with the session's
@@ -410,9 +491,7 @@ impl Driver {
         while let Some(stream) = next.take() {
             let reason = conn(&mut self, stream, shared.clone(), &mut backlog).await;
             if let Some(addr) = self.connection_ended(&reason) {
-                next = self
-                    .redial_when_used(&addr, &mut backlog, &connect, &sleep)
-                    .await;
+                next = self.redial(&addr, &mut backlog, &connect, &sleep).await;
             }
         }
         self.finish();
@@ -651,6 +730,13 @@ pub(crate) fn carry_out_call(
         close @ Command::Close { .. } => return Err(close),
     }
     Ok(())
+}
+
+/// Refuses every command in `backlog` with `e`.
+fn refuse_all(backlog: &mut Vec<Command>, e: Rerror) {
+    for cmd in backlog.drain(..) {
+        refuse(cmd, e.clone());
+    }
 }
 
 /// Answers a command that will not be carried out.

@@ -260,7 +260,7 @@ impl PeerCore {
             wake,
             direct: std::sync::OnceLock::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
-            closed: Mutex::new(None),
+            closed: watch::channel(None).0,
         }));
         (session, rx)
     }
@@ -435,6 +435,8 @@ impl PeerCore {
                 "session still running at shutdown timeout; cancelled"
             );
             (e.abort)();
+            e.session
+                .set_closed(Some(teleport_core::CloseReason::Local));
         }
         self.gone.notify_waiters();
         left.len()

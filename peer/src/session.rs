@@ -87,7 +87,7 @@ pub(crate) struct SessionInner {
     /// A close was asked for: calls go to the owner, behind the close.
     pub(crate) closing: AtomicBool,
     /// Why the session ended for good, once it has.
-    pub(crate) closed: std::sync::Mutex<Option<CloseReason>>,
+    pub(crate) closed: tokio::sync::watch::Sender<Option<CloseReason>>,
 }
 
 /// A handle to one session: cheap to clone, `Send + Sync`. Pulls from many
@@ -212,19 +212,28 @@ impl Session {
         self.0.cmd.is_closed()
     }
 
-    /// Why the session ended, once it has for good (`None` while it runs,
-    /// and for a session whose owner went away without saying).
+    /// Why the session ended, once it has for good (`None` while it runs).
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.0
-            .closed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.0.closed.borrow().clone()
+    }
+
+    /// Resolves once the session has ended for good (after its re-dials,
+    /// if any), with why. Works on any executor.
+    pub async fn closed(&self) -> CloseReason {
+        let mut rx = self.0.closed.subscribe();
+        let r = match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone(),
+            Err(_) => None,
+        };
+        r.unwrap_or(CloseReason::Local)
     }
 
     /// Records why the session ended (its owner does, once, at the end).
     pub(crate) fn set_closed(&self, reason: Option<CloseReason>) {
-        *self.0.closed.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+        // The owner may go without a reason (a cancelled task): it ended.
+        self.0
+            .closed
+            .send_replace(Some(reason.unwrap_or(CloseReason::Local)));
     }
 
     fn send(&self, mut cmd: Command) -> Result<(), Rerror> {

@@ -250,10 +250,28 @@ impl Driver {
         spawn: &mut dyn FnMut(BoxFuture<Done>),
     ) {
         match call.run_now() {
-            Ok(done) => finish_handler(core, done, now),
+            Ok(done) => {
+                // The turn's clock was read before the handler ran: where
+                // its cost is logged or measured, read it again after.
+                let end = if self.times_calls(core) {
+                    Instant::now()
+                } else {
+                    now
+                };
+                finish_handler(core, done, end)
+            }
             // Whoever runs it next polls it with a real waker.
             Err(fut) => spawn(fut),
         }
+    }
+
+    /// Whether a call's duration is looked at: logged (`count_time`, the
+    /// slow-call alarm) or given to plugins (which may measure latency).
+    fn times_calls(&self, core: &CoreSession) -> bool {
+        let shared = core.shared();
+        shared.config.count_time
+            || shared.config.slow_threshold.is_some()
+            || !shared.plugins.is_empty()
     }
 
     /// The handler call an incoming pull or push asks for (or the
@@ -275,6 +293,7 @@ impl Driver {
                         f,
                         PullCtx {
                             session: self.session.clone(),
+                            peer: self.peer.clone(),
                             packet: p.packet,
                             reply_codec: p.reply_codec,
                         },
@@ -295,6 +314,7 @@ impl Driver {
                 };
                 let ctx = PushCtx {
                     session: self.session.clone(),
+                    peer: self.peer.clone(),
                     packet: p.packet,
                 };
                 Some(HandlerCall {

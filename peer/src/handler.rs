@@ -10,6 +10,7 @@ use teleport_core::{
 };
 
 use crate::addr::PeerAddr;
+use crate::registry::PeerCore;
 use crate::session::Session;
 
 /// A boxed, sendable future.
@@ -40,6 +41,7 @@ impl std::fmt::Debug for Handler {
 /// pull's URI, query, meta and body codec, and the peer's address.
 pub struct PullCtx {
     pub(crate) session: Session,
+    pub(crate) peer: Arc<PeerCore>,
     pub(crate) packet: Packet,
     pub(crate) reply_codec: CodecId,
 }
@@ -47,6 +49,7 @@ pub struct PullCtx {
 /// What a push handler knows.
 pub struct PushCtx {
     pub(crate) session: Session,
+    pub(crate) peer: Arc<PeerCore>,
     pub(crate) packet: Packet,
 }
 
@@ -101,6 +104,11 @@ macro_rules! ctx_common {
             /// The peer's address.
             pub fn remote_addr(&self) -> &PeerAddr {
                 self.session.remote_addr()
+            }
+
+            /// This peer: its other sessions, a push to all of them.
+            pub fn peer(&self) -> crate::PeerRef {
+                crate::PeerRef(self.peer.clone())
             }
 
             /// Decodes the body as `T` with its codec (an empty body gives
@@ -228,7 +236,24 @@ where
     A: DecodeBody + Send + 'static,
 {
     Handler::Push(Arc::new(move |ctx: PushCtx| match ctx.bind::<A>() {
-        Ok(a) => Box::pin(f(ctx, a)) as BoxFuture<()>,
+        Ok(a) => match ctx.session.shared().config.slow_threshold {
+            None => Box::pin(f(ctx, a)) as BoxFuture<()>,
+            // A push has no reply to time: the handler is timed here, for
+            // the slow-call alarm.
+            Some(slow) => {
+                let (session, uri) = (ctx.session.id(), ctx.uri().clone());
+                let started = std::time::Instant::now();
+                let fut = f(ctx, a);
+                Box::pin(async move {
+                    fut.await;
+                    let cost = started.elapsed();
+                    if cost > slow {
+                        tracing::warn!(target: "teleport::packet", session, %uri, ?cost,
+                            "slow push handler");
+                    }
+                })
+            }
+        },
         Err(e) => {
             tracing::warn!(uri = %ctx.uri(), error = %e, "push body does not decode; dropped");
             Box::pin(std::future::ready(()))

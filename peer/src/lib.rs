@@ -25,6 +25,7 @@ mod driver;
 mod handler;
 pub mod net;
 mod options;
+mod peer_ref;
 mod registry;
 mod session;
 #[cfg(feature = "tls")]
@@ -41,6 +42,7 @@ pub use handler::{
     pull_handler, push_handler, BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied,
 };
 pub use options::{DialError, DialOptions, ListenOptions, ServeOptions};
+pub use peer_ref::{Broadcast, PeerRef};
 pub use registry::{
     Abort, Blocking, Linger, PeerCore, PeerTls, ProtoFunc, SessionStart, ShutdownReport, LINGER,
     LINGER_BYTES,

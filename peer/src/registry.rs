@@ -126,6 +126,8 @@ pub struct PeerCore {
     /// The proto of sessions that name none.
     default_proto: Option<ProtoFunc>,
     tls: PeerTls,
+    /// Ids given to sessions with `Session::set_id`.
+    names: Mutex<HashMap<String, u64>>,
 }
 
 /// The TLS ends of a peer: how its listeners accept and its dials connect,
@@ -173,6 +175,7 @@ impl PeerCore {
             lingering: AtomicUsize::new(0),
             default_proto,
             tls,
+            names: Mutex::new(HashMap::new()),
         }
     }
 
@@ -244,7 +247,7 @@ impl PeerCore {
     /// A new session handle and the receiving end of its commands. `wake`
     /// is called after each command is queued (a poll loop's waker).
     pub fn new_session(
-        &self,
+        self: &Arc<Self>,
         remote: PeerAddr,
         local: PeerAddr,
         wake: Option<Wake>,
@@ -261,6 +264,8 @@ impl PeerCore {
             direct: std::sync::OnceLock::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
             closed: watch::channel(None).0,
+            peer: Arc::downgrade(self),
+            custom_id: Mutex::new(None),
         }));
         (session, rx)
     }
@@ -321,8 +326,38 @@ impl PeerCore {
 
     /// Removes a finished session.
     pub fn forget(&self, id: u64) {
-        self.lock().remove(&id);
+        if let Some(e) = self.lock().remove(&id) {
+            if let Some(name) = e.session.custom_id() {
+                let mut names = self.names();
+                if names.get(&name) == Some(&id) {
+                    names.remove(&name);
+                }
+            }
+        }
         self.gone.notify_waiters();
+    }
+
+    fn names(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives session `id` the id `name` (see `Session::set_id`); a session
+    /// that had it before loses it.
+    pub(crate) fn name_session(&self, id: u64, old: Option<&str>, name: &str) {
+        let mut names = self.names();
+        if let Some(old) = old {
+            if names.get(old) == Some(&id) {
+                names.remove(old);
+            }
+        }
+        names.insert(name.to_string(), id);
+    }
+
+    /// The open session with this id, given with `Session::set_id` (the
+    /// seed's `GetSession`).
+    pub fn session_by_id(&self, name: &str) -> Option<Session> {
+        let id = *self.names().get(name)?;
+        self.session(id)
     }
 
     /// A handle to every open session.

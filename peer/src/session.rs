@@ -88,6 +88,10 @@ pub(crate) struct SessionInner {
     pub(crate) closing: AtomicBool,
     /// Why the session ended for good, once it has.
     pub(crate) closed: tokio::sync::watch::Sender<Option<CloseReason>>,
+    /// The peer it belongs to.
+    pub(crate) peer: std::sync::Weak<crate::registry::PeerCore>,
+    /// The id given with [`Session::set_id`].
+    pub(crate) custom_id: std::sync::Mutex<Option<String>>,
 }
 
 /// A handle to one session: cheap to clone, `Send + Sync`. Pulls from many
@@ -136,6 +140,39 @@ impl Session {
     /// The session's id, unique within its peer; it survives redials.
     pub fn id(&self) -> u64 {
         self.0.id
+    }
+
+    /// Gives the session an id of the application's (a user name, a device
+    /// id), by which [`PeerRef::session_by_id`] finds it: the seed's
+    /// `SetId`. The numeric [`Session::id`] stays what logs show. A session
+    /// that had the same id before loses it.
+    ///
+    /// [`PeerRef::session_by_id`]: crate::PeerRef::session_by_id
+    pub fn set_id(&self, id: impl Into<String>) {
+        let id = id.into();
+        let old = self
+            .0
+            .custom_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(id.clone());
+        if let Some(peer) = self.0.peer.upgrade() {
+            peer.name_session(self.0.id, old.as_deref(), &id);
+        }
+    }
+
+    /// The id given with [`Session::set_id`], if any.
+    pub fn custom_id(&self) -> Option<String> {
+        self.0
+            .custom_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The peer this session belongs to (gone once the peer is dropped).
+    pub fn peer(&self) -> Option<crate::PeerRef> {
+        self.0.peer.upgrade().map(crate::PeerRef)
     }
 
     /// The other end's address.
@@ -287,9 +324,22 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// Adds a meta pair.
+    /// Adds a meta pair (the seed's `WithAddMeta`; see [`Call::set_meta`]).
     pub fn meta(mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
         self.packet.meta.add(key, value);
+        self
+    }
+
+    /// Adds a meta pair, even if the key is there already (the seed's
+    /// `WithAddMeta`; the same as [`Call::meta`]).
+    pub fn add_meta(self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
+        self.meta(key, value)
+    }
+
+    /// Sets a meta key: replaces the first pair with it, or adds one (the
+    /// seed's `WithSetMeta`).
+    pub fn set_meta(mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
+        self.packet.meta.set(key, value);
         self
     }
 
@@ -380,9 +430,20 @@ impl Call<'_> {
             .unwrap_or_else(|_| Err(Rerror::conn_closed().with_detail("session task ended")))
     }
 
+    /// Sends a push with an already encoded body (forwarded as is).
+    pub async fn push_raw(mut self, codec: CodecId, body: Bytes) -> Result<(), Rerror> {
+        self.packet.body_codec = codec;
+        self.packet.body = body;
+        self.push_packet().await
+    }
+
     /// Sends a push with `arg`.
     pub async fn push<A: EncodeBody + ?Sized>(mut self, arg: &A) -> Result<(), Rerror> {
         self.encode(arg)?;
+        self.push_packet().await
+    }
+
+    async fn push_packet(self) -> Result<(), Rerror> {
         let (tx, rx) = oneshot::channel();
         self.session.send(Command::Push {
             packet: self.packet,

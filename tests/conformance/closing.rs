@@ -250,7 +250,17 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str, report: &mut Vec<
         let s = dial(&client, &bye_addr);
         client.block_on(async {
             let call = s.call("/bye").codec(CodecId::STRING).pull::<_, String>("");
-            let (r, ()) = guard(name, join(call, flood(&s))).await;
+            let (r, ()) = join(
+                guard(
+                    &format!("{name}: /bye with pushes behind it: the pull"),
+                    call,
+                ),
+                guard(
+                    &format!("{name}: /bye with pushes behind it: the pushes"),
+                    flood(&s),
+                ),
+            )
+            .await;
             bye.rounds += 1;
             let got = r.as_ref().map(|r| r.value.as_str());
             bye.check("the reply arrives", got == Ok("bye"), || format!("{r:?}"));
@@ -269,7 +279,17 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str, report: &mut Vec<
                 .call("/echo")
                 .codec(CodecId::STRING)
                 .pull::<_, String>("x");
-            let (r, ()) = guard(name, join(call, flood(&s))).await;
+            let (r, ()) = join(
+                guard(
+                    &format!("{name}: no credentials, with pushes behind: the pull"),
+                    call,
+                ),
+                guard(
+                    &format!("{name}: no credentials, with pushes behind: the pushes"),
+                    flood(&s),
+                ),
+            )
+            .await;
             plain.rounds += 1;
             plain.check(
                 "the 401 arrives",
@@ -291,7 +311,17 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str, report: &mut Vec<
                 .call("/echo")
                 .codec(CodecId::STRING)
                 .pull::<_, String>("x");
-            let (r, ()) = guard(name, join(call, flood(&s))).await;
+            let (r, ()) = join(
+                guard(
+                    &format!("{name}: wrong credentials, with pushes behind: the pull"),
+                    call,
+                ),
+                guard(
+                    &format!("{name}: wrong credentials, with pushes behind: the pushes"),
+                    flood(&s),
+                ),
+            )
+            .await;
             refused.rounds += 1;
             refused.check(
                 "the pull's error names the 401",
@@ -312,10 +342,14 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str, report: &mut Vec<
         while closed_rx.try_recv().is_ok() {}
         let before = sunk.0.load(Ordering::SeqCst);
         client.block_on(async {
-            guard(name, s.push("/block_me", &()))
+            guard(&format!("{name}: push /block_me"), s.push("/block_me", &()))
                 .await
                 .unwrap_or_else(|e| panic!("{name}: /block_me: {e}"));
-            guard(name, blocked_rx.recv()).await;
+            guard(
+                &format!("{name}: the client's /client/block starts"),
+                blocked_rx.recv(),
+            )
+            .await;
             let call = s
                 .call(format!("/bye?fill={FILL_PUSHES}"))
                 .codec(CodecId::STRING)
@@ -324,10 +358,18 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str, report: &mut Vec<
                 let _ = s.call("/sink").codec(CodecId::STRING).push(&chunk).await;
             };
             let release = async {
-                guard(name, closed_rx.recv()).await;
+                guard(
+                    &format!("{name}: the server's session ends"),
+                    closed_rx.recv(),
+                )
+                .await;
                 gate.add_permits(1);
             };
-            let ((r, ()), ()) = guard(name, join(join(call, then_push), release)).await;
+            let ((r, ()), ()) = guard(
+                &format!("{name}: /bye?fill to a client not reading"),
+                join(join(call, then_push), release),
+            )
+            .await;
             blocked.rounds += 1;
             let got = r.as_ref().map(|r| r.value.as_str());
             blocked.check("the reply arrives", got == Ok("bye"), || format!("{r:?}"));
@@ -356,19 +398,27 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str, report: &mut Vec<
 /// Calls on a session its server closed: one right away, one once the
 /// session is gone for good. Both fail with 102 naming one of `why`.
 async fn after_close(name: &str, s: &Session, why: &[String], t: &mut Tally) {
-    let r = guard(name, s.pull::<_, String>("/echo", "right after")).await;
+    let r = guard(
+        &format!("{name}: a pull right after the close"),
+        s.pull::<_, String>("/echo", "right after"),
+    )
+    .await;
     t.check(
         "a call right after the close fails saying why",
         says_why(&r, why),
         || format!("{r:?} (wanted 102 naming one of {why:?})"),
     );
-    guard(name, async {
+    guard(&format!("{name}: the session ends"), async {
         while !s.is_closed() {
             async_io::Timer::after(Duration::from_millis(1)).await;
         }
     })
     .await;
-    let r = guard(name, s.pull::<_, String>("/echo", "long after")).await;
+    let r = guard(
+        &format!("{name}: a pull on the closed session"),
+        s.pull::<_, String>("/echo", "long after"),
+    )
+    .await;
     t.check(
         "a call on the closed session fails saying why",
         says_why(&r, why),

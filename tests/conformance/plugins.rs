@@ -6,7 +6,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use teleport_core::plugin::{Auth, Heartbeat, Stats};
-use teleport_core::Rerror;
+use teleport_core::{CloseReason, Plugin, PluginCtx, Rerror};
 use teleport_peer::{PeerBuilder, PullCtx, Session};
 
 use crate::runtimes::{Client, Rt, Server, SockPath};
@@ -26,9 +26,13 @@ pub fn verify(cred: &[u8]) -> Result<(), Rerror> {
     }
 }
 
-/// Pings every [`PING`]; a peer heard from for [`SILENCE`] is closed.
-const PING: Duration = Duration::from_millis(40);
-const SILENCE: Duration = Duration::from_millis(600);
+/// Pings every [`PING`]; a peer not heard from for [`SILENCE`] is closed.
+/// The silence is long against the interval: a loaded machine can stall
+/// the pinging side for hundreds of milliseconds (seen: over 600 ms with
+/// both cores busy several times over), and the pair's other scenarios
+/// run meanwhile, so the wait costs little.
+const PING: Duration = Duration::from_millis(50);
+const SILENCE: Duration = Duration::from_millis(1500);
 
 /// The heartbeat check, started before a pair's other scenarios and
 /// finished after them, so its silence costs no time of its own.
@@ -38,7 +42,22 @@ pub struct HeartbeatCheck {
     live_client: Client,
     live: Session,
     silent: std::thread::JoinHandle<std::io::Result<usize>>,
+    ended: LastWords,
     _sock: Option<SockPath>,
+}
+
+/// Keeps why a session ended, for a failure to say.
+#[derive(Clone, Default)]
+struct LastWords(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl Plugin for LastWords {
+    fn name(&self) -> &'static str {
+        "last-words"
+    }
+
+    fn on_disconnect(&self, _ctx: &mut PluginCtx<'_>, reason: &CloseReason) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason:?}"));
+    }
 }
 
 impl HeartbeatCheck {
@@ -57,7 +76,8 @@ impl HeartbeatCheck {
         let addr = server.addr().dial_string();
         // A client with the plugin pings: its session outlives the silence.
         let mut cb = PeerBuilder::new(client_config(net));
-        cb.plugin(hb);
+        let ended = LastWords::default();
+        cb.plugin(hb).plugin(ended.clone());
         let live_client = client_rt.client(cb);
         let live = live_client
             .dial(&addr)
@@ -94,6 +114,7 @@ impl HeartbeatCheck {
             live_client,
             live,
             silent,
+            ended,
             _sock: sock,
         }
     }
@@ -110,6 +131,18 @@ impl HeartbeatCheck {
             heard > 0,
             "{name}: the server sent the silent client no ping"
         );
+        // The pinging session lived on the whole time.
+        let r = self
+            .live_client
+            .block_on(guard(name, self.live.pull::<_, String>("/echo", "alive")));
+        assert_eq!(
+            r.unwrap_or_else(|e| panic!(
+                "{name}: the pinging session: {e} (it ended: {:?})",
+                self.ended.0.lock().unwrap_or_else(|e| e.into_inner())
+            ))
+            .value,
+            "alive"
+        );
         // The silent session goes away; the pinging one stays.
         let server = &self.server;
         self.live_client.block_on(guard(name, async {
@@ -118,14 +151,6 @@ impl HeartbeatCheck {
             }
         }));
         assert_eq!(server.sessions_len(), 1, "{name}: the live session");
-        let r = self
-            .live_client
-            .block_on(guard(name, self.live.pull::<_, String>("/echo", "alive")));
-        assert_eq!(
-            r.unwrap_or_else(|e| panic!("{name}: the pinging session: {e}"))
-                .value,
-            "alive"
-        );
         self.live_client.shutdown();
     }
 }

@@ -7,7 +7,14 @@
 //! every adapter hands out; the client side of each scenario runs on the
 //! client runtime's own executor (for mio, a plain `block_on` on the test
 //! thread while the mio loop does the I/O).
+//!
+//! Besides the suite, each pair has a test of its own in
+//! `reply_at_close`: a server that answers a pull and closes at once
+//! still delivers the answer ([`closing`]).
 
+mod closing;
+mod extensions;
+mod plugins;
 mod runtimes;
 mod scenarios;
 
@@ -21,6 +28,16 @@ macro_rules! pairs {
                 scenarios::run_pair(Rt::$server, Rt::$client);
             }
         )*
+
+        mod reply_at_close {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    closing::run_pair(Rt::$server, Rt::$client);
+                }
+            )*
+        }
     };
 }
 

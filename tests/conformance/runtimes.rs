@@ -47,6 +47,15 @@ impl Server {
         }
     }
 
+    /// How many sessions the peer holds.
+    pub fn sessions_len(&self) -> usize {
+        match self {
+            Server::Tokio(_, p, _) => p.sessions().len(),
+            Server::AsyncIo(_, p, _) => p.sessions().len(),
+            Server::Mio(p, _) => p.sessions().len(),
+        }
+    }
+
     /// Shuts the peer down (blocking).
     pub fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         match self {

@@ -147,13 +147,30 @@ pub enum Net {
 }
 
 pub fn run_pair(server_rt: Rt, client_rt: Rt) {
+    let name = |net: Net| format!("{server_rt:?} server x {client_rt:?} client over {net:?}");
+    // Heartbeat waits out a silence: it runs alongside the rest.
+    let heartbeats: Vec<_> = [Net::Tcp, Net::Unix]
+        .into_iter()
+        .map(|net| crate::plugins::HeartbeatCheck::start(server_rt, client_rt, net, &name(net)))
+        .collect();
     for net in [Net::Tcp, Net::Unix] {
-        let name = format!("{server_rt:?} server x {client_rt:?} client over {net:?}");
+        let name = name(net);
         run_net(server_rt, client_rt, net, &name);
+        crate::extensions::run(server_rt, client_rt, net, &name);
+    }
+    for h in heartbeats {
+        h.finish();
+    }
+    // Last, as its refusals close sessions right after answering, which
+    // is where a reply can still be lost (see `closing`).
+    for net in [Net::Tcp, Net::Unix] {
+        crate::plugins::auth_and_stats(server_rt, client_rt, net, &name(net));
     }
 }
 
-fn server_config(net: Net, sock: &Option<SockPath>, listen_tcp: &str) -> PeerConfig {
+/// A server's settings for `net`: the unix socket at `sock`, or TCP at
+/// `listen_tcp`.
+pub fn server_config(net: Net, sock: &Option<SockPath>, listen_tcp: &str) -> PeerConfig {
     match (net, sock) {
         (Net::Unix, Some(p)) => PeerConfig {
             network: teleport_peer::Network::Unix,
@@ -164,6 +181,17 @@ fn server_config(net: Net, sock: &Option<SockPath>, listen_tcp: &str) -> PeerCon
             listen_address: listen_tcp.to_string(),
             ..PeerConfig::default()
         },
+    }
+}
+
+/// A client's settings for `net` (no redial).
+pub fn client_config(net: Net) -> PeerConfig {
+    PeerConfig {
+        network: match net {
+            Net::Unix => teleport_peer::Network::Unix,
+            Net::Tcp => teleport_peer::Network::Tcp,
+        },
+        ..PeerConfig::default()
     }
 }
 

@@ -93,8 +93,11 @@ pub struct Live<W> {
     wbuf: BytesMut,
     /// Written since the writer was last flushed.
     unflushed: bool,
-    /// A write failed; [`SharedConn::turn`] ends the session with it.
+    /// A write failed; [`SharedConn::turn`] hands it to the core.
     write_error: Option<io::Error>,
+    /// A write failed: nothing is written any more (the core goes on
+    /// reading what already came, then ends the session).
+    write_dead: bool,
     /// The deadline the owner waits for, as of its last turn.
     armed: Option<Instant>,
     /// Whether the owner waits for input, as of its last turn.
@@ -110,6 +113,7 @@ impl<W: ConnWrite> Live<W> {
             wbuf: BytesMut::new(),
             unflushed: false,
             write_error: None,
+            write_dead: false,
             armed: None,
             wants_input: true,
         }
@@ -120,6 +124,9 @@ impl<W: ConnWrite> Live<W> {
     /// nothing is left to write (or a write failed: the next turn ends
     /// the session).
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.write_dead {
+            return Poll::Ready(());
+        }
         while self.write_error.is_none() {
             if self.wbuf.is_empty() {
                 if !self.core.has_transmit() {
@@ -154,7 +161,7 @@ impl<W: ConnWrite> Live<W> {
 
     /// Whether the owner has writing to do: bytes wait, or a flush.
     fn wants_write(&self) -> bool {
-        !self.wbuf.is_empty() || self.unflushed
+        !self.write_dead && (!self.wbuf.is_empty() || self.unflushed)
     }
 
     /// Writes what the socket takes without waiting: first what waits,
@@ -162,6 +169,9 @@ impl<W: ConnWrite> Live<W> {
     /// is out (swapping buffers, no copy), so what the socket will not
     /// take piles up in the core, where `max_queued_bytes` bounds it.
     fn flush(&mut self) {
+        if self.write_dead {
+            return;
+        }
         while self.write_error.is_none() {
             if self.wbuf.is_empty() {
                 if !self.core.has_transmit() {
@@ -295,7 +305,11 @@ impl<W: ConnWrite> SharedConn<W> {
                 return idle;
             };
             if let Some(e) = live.write_error.take() {
-                live.core.handle_io_error(now, &e);
+                // What the peer sent before the failure is still read.
+                live.core.handle_write_error(now, &e);
+                live.write_dead = true;
+                live.wbuf.clear();
+                live.unflushed = false;
             }
             if let Some(reason) = drain(&mut live.core) {
                 break reason;

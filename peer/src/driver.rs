@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -114,9 +115,23 @@ impl Driver {
         &self.peer
     }
 
-    /// The command channel (to wait on it).
-    pub fn commands(&mut self) -> &mut mpsc::UnboundedReceiver<Command> {
-        &mut self.cmd_rx
+    /// Whether commands wait to be taken.
+    pub fn has_commands(&self) -> bool {
+        !self.cmd_rx.is_empty()
+    }
+
+    /// The next queued command, if one is there.
+    fn try_take(&mut self) -> Result<Command, mpsc::error::TryRecvError> {
+        let cmd = self.cmd_rx.try_recv()?;
+        self.session.0.queued.fetch_sub(1, Ordering::AcqRel);
+        Ok(cmd)
+    }
+
+    /// The next command; `None` once every handle is gone.
+    async fn take(&mut self) -> Option<Command> {
+        let cmd = self.cmd_rx.recv().await?;
+        self.session.0.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(cmd)
     }
 
     /// A core session for a new connection, with `backlog` (commands that
@@ -169,7 +184,7 @@ impl Driver {
     pub fn take_commands(&mut self, core: &mut CoreSession, now: Instant) -> usize {
         let mut taken = 0;
         while taken < BUDGET {
-            match self.cmd_rx.try_recv() {
+            match self.try_take() {
                 Ok(c) => {
                     taken += 1;
                     self.on_command(core, c, now);
@@ -365,7 +380,7 @@ impl Driver {
         SF: Future<Output = ()>,
     {
         loop {
-            let cmd = self.cmd_rx.recv().await?;
+            let cmd = self.take().await?;
             if let Command::Close { done, .. } = cmd {
                 self.close_requested = true;
                 self.close_waiters.extend(done);
@@ -393,7 +408,7 @@ impl Driver {
             // each command starting another round of attempts.
             let e = Rerror::dial_failed(last_err.map(|e| e.to_string()).unwrap_or_default());
             refuse(cmd, e.clone());
-            while let Ok(queued) = self.cmd_rx.try_recv() {
+            while let Ok(queued) = self.try_take() {
                 if let Command::Close { done, .. } = queued {
                     self.close_requested = true;
                     self.close_waiters.extend(done);
@@ -444,7 +459,7 @@ impl Driver {
             let mut step = std::pin::pin!(step);
             let outcome = loop {
                 let next = {
-                    let recv = std::pin::pin!(self.cmd_rx.recv());
+                    let recv = std::pin::pin!(self.take());
                     match select(step.as_mut(), recv).await {
                         Either::Left((r, _)) => Either::Left(r),
                         Either::Right((cmd, _)) => Either::Right(cmd),
@@ -523,8 +538,15 @@ impl Driver {
         self.cmd_rx.close();
         let refusal = closed_error(self.last_reason.as_ref());
         self.session.set_closed(self.last_reason.take());
-        while let Ok(cmd) = self.cmd_rx.try_recv() {
-            refuse(cmd, refusal.clone());
+        // Until the channel says no send is in flight: a caller that got in
+        // before the close may still be adding its command, which must be
+        // refused too, not left unanswered.
+        loop {
+            match self.try_take() {
+                Ok(cmd) => refuse(cmd, refusal.clone()),
+                Err(mpsc::error::TryRecvError::Empty) => std::thread::yield_now(),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
         }
         self.peer.forget(self.session.id());
         // Last, so a `close().await` returns on a session that reads closed.

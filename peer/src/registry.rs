@@ -263,6 +263,7 @@ impl PeerCore {
             wake,
             direct: std::sync::OnceLock::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
             closed: watch::channel(None).0,
             peer: Arc::downgrade(self),
             custom_id: Mutex::new(None),

@@ -86,6 +86,8 @@ pub(crate) struct SessionInner {
     pub(crate) direct: OnceLock<Arc<dyn DirectPath>>,
     /// A close was asked for: calls go to the owner, behind the close.
     pub(crate) closing: AtomicBool,
+    /// Commands sent to the owner and not taken yet.
+    pub(crate) queued: std::sync::atomic::AtomicUsize,
     /// Why the session ended for good, once it has.
     pub(crate) closed: tokio::sync::watch::Sender<Option<CloseReason>>,
     /// The peer it belongs to.
@@ -278,7 +280,11 @@ impl Session {
             Command::Close { .. } => self.0.closing.store(true, Ordering::Release),
             _ => {
                 if let Some(direct) = self.0.direct.get() {
-                    if !self.0.closing.load(Ordering::Acquire) {
+                    // Not past calls still queued for the owner: calls are
+                    // carried out in the order they were made.
+                    if !self.0.closing.load(Ordering::Acquire)
+                        && self.0.queued.load(Ordering::Acquire) == 0
+                    {
                         match direct.try_command(cmd) {
                             Ok(()) => return Ok(()),
                             Err(back) => cmd = back,
@@ -287,10 +293,12 @@ impl Session {
                 }
             }
         }
-        self.0
-            .cmd
-            .send(cmd)
-            .map_err(|_| crate::driver::closed_error(self.close_reason().as_ref()))?;
+        // Counted before it is sent, so the owner's count never goes below.
+        self.0.queued.fetch_add(1, Ordering::AcqRel);
+        if self.0.cmd.send(cmd).is_err() {
+            self.0.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(crate::driver::closed_error(self.close_reason().as_ref()));
+        }
         if let Some(direct) = self.0.direct.get() {
             direct.queued();
         }

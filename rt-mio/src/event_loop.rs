@@ -678,7 +678,7 @@ impl EventLoop {
             c.cmds = false;
             c.slot.queued.store(false, Ordering::Release);
             c.driver.take_commands(&mut c.core, now);
-            if !c.driver.commands().is_empty() {
+            if c.driver.has_commands() {
                 c.cmds = true;
                 again.push(key);
             }
@@ -722,8 +722,10 @@ impl EventLoop {
             while c.writable && !c.wbuf.is_empty() {
                 match c.stream.write(&c.wbuf) {
                     Ok(0) => {
-                        c.core
-                            .handle_io_error(now, &io::Error::from(io::ErrorKind::WriteZero));
+                        let e = io::Error::from(io::ErrorKind::WriteZero);
+                        // What the peer sent before is still read.
+                        c.core.handle_write_error(now, &e);
+                        c.wbuf.clear();
                         progress = true;
                         break;
                     }
@@ -731,7 +733,8 @@ impl EventLoop {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        c.core.handle_io_error(now, &e);
+                        c.core.handle_write_error(now, &e);
+                        c.wbuf.clear();
                         progress = true;
                         break;
                     }
@@ -743,7 +746,8 @@ impl EventLoop {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
                     Err(e) => {
-                        c.core.handle_io_error(now, &e);
+                        c.core.handle_write_error(now, &e);
+                        c.wbuf.clear();
                         progress = true;
                     }
                 }
@@ -757,7 +761,14 @@ impl EventLoop {
                     again.push(key);
                 } else {
                     reads += 1;
-                    match c.stream.read(rbuf) {
+                    let read = c.stream.read(rbuf);
+                    // Commands that came while we read go first: a close
+                    // (a shutdown's, say) asked for before these bytes were
+                    // sent must already hold when they are handled.
+                    if matches!(read, Ok(_)) && c.driver.has_commands() {
+                        c.driver.take_commands(&mut c.core, now);
+                    }
+                    match read {
                         Ok(0) => {
                             c.readable = false;
                             c.core.handle_eof(now);
@@ -879,12 +890,12 @@ impl EventLoop {
         tracing::info!(session = id, ?reason, "session closed");
         match c.driver.connection_ended(&reason) {
             Some(addr) => {
-                let mut b = Broken {
+                let b = Broken {
                     driver: c.driver,
                     slot: c.slot,
                     addr,
                 };
-                if b.driver.commands().is_empty() {
+                if !b.driver.has_commands() {
                     self.broken.insert(id, b);
                 } else {
                     self.spawn_redial(b);

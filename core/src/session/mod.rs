@@ -197,6 +197,10 @@ impl Default for SessionConfig {
 /// drips a byte every 100 ms, holds a session (and its buffer) forever.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a session whose writes failed goes on reading what the peer
+/// had sent before (see [`Session::handle_write_error`]).
+pub const WRITE_ERROR_GRACE: Duration = Duration::from_millis(500);
+
 /// The default bound on the bytes of the peer's pulls held at once: 32 MiB.
 pub const DEFAULT_MAX_INCOMING_BYTES: usize = 32 << 20;
 
@@ -480,6 +484,9 @@ pub struct Session<H, T, P: Proto = FastProto> {
     closing_reason: Option<CloseReason>,
     /// Why the session ended, once it has: refusals say so.
     closed_reason: Option<CloseReason>,
+    /// Writing failed: the error, and until when what the peer sent before
+    /// is still read.
+    write_failed: Option<(String, Instant)>,
     wakes: Vec<Option<Instant>>,
     ext: Extensions,
     actions: Vec<Action>,
@@ -526,6 +533,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             rx_held: false,
             closing_reason: None,
             closed_reason: None,
+            write_failed: None,
             wakes: vec![None; n],
             ext: Extensions::default(),
             actions: Vec::new(),
@@ -615,7 +623,8 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         self.state != State::Closed
             && !self.input_ended
             && self.admits_frames()
-            && self.pending_output() < self.shared.config.max_queued_bytes
+            && (self.write_failed.is_some()
+                || self.pending_output() < self.shared.config.max_queued_bytes)
     }
 
     /// Whether another frame may be taken off the buffered input: the
@@ -624,6 +633,10 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
     /// handling of frames already read: those are bounded by the buffer.)
     fn admits_frames(&self) -> bool {
         let cfg = &self.shared.config;
+        if self.write_failed.is_some() {
+            // Nothing will be answered: only replies and pushes matter now.
+            return self.decoding.is_none();
+        }
         self.decoding.is_none()
             && self.incoming.len() < cfg.max_incoming_pulls
             && (self.incoming_bytes == 0 || self.incoming_bytes < cfg.max_incoming_bytes)
@@ -658,6 +671,9 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 return Err(Rerror::conn_closed().with_detail("session is closing"))
             }
             State::Closed => return Err(self.closed_error()),
+        }
+        if let Some((e, _)) = &self.write_failed {
+            return Err(Rerror::conn_closed().with_detail(format!("write failed: {e}")));
         }
         if pulls && self.pending.len() >= cfg.max_pending_pulls {
             return Err(Rerror::new(Rerror::CODE_BACKPRESSURE, "Backpressure")
@@ -1099,6 +1115,11 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             self.abort(now, CloseReason::Protocol(e));
             return;
         }
+        if let Some((e, _)) = &self.write_failed {
+            let e = e.clone();
+            self.abort(now, CloseReason::Io(e));
+            return;
+        }
         if self.incoming.is_empty() {
             self.abort(now, CloseReason::PeerClosed);
             return;
@@ -1122,7 +1143,36 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
 
     /// The transport failed; the session ends.
     pub fn handle_io_error(&mut self, now: Instant, error: &dyn std::fmt::Display) {
-        self.abort(now, CloseReason::Io(error.to_string()));
+        let reason = match &self.write_failed {
+            // Reading after a failed write: the write's error says more.
+            Some((e, _)) => e.clone(),
+            None => error.to_string(),
+        };
+        self.abort(now, CloseReason::Io(reason));
+    }
+
+    /// Writing to the connection failed (the peer went away, say). Nothing
+    /// more is written, but what the peer sent before is still read: a
+    /// reply that arrived before the failure reaches its caller rather than
+    /// the connection-closed error. The session ends, with this error, when
+    /// the input ends or fails, or after [`WRITE_ERROR_GRACE`].
+    pub fn handle_write_error(&mut self, now: Instant, error: &dyn std::fmt::Display) {
+        if self.state == State::Closed || self.write_failed.is_some() {
+            return;
+        }
+        tracing::debug!(session = self.id, %error, "write failed; reading what already came");
+        let until = now.checked_add(WRITE_ERROR_GRACE).unwrap_or(now);
+        self.write_failed = Some((error.to_string(), until));
+        self.tx.clear();
+        self.unwritten = 0;
+        if self.input_ended {
+            self.abort(now, CloseReason::Io(error.to_string()));
+            return;
+        }
+        // Frames held back by the limits are read now: nothing they ask can
+        // be answered any more, but replies among them end our pulls.
+        self.process_input(now);
+        self.observe(now);
     }
 
     fn on_packet(&mut self, now: Instant, mut p: Packet, len: usize) {
@@ -1157,6 +1207,11 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
 
     fn on_pull(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>, len: usize) {
         let seq = p.seq;
+        if self.write_failed.is_some() {
+            tracing::debug!(session = self.id, %seq, uri = %p.uri,
+                "pull after a failed write: it cannot be answered; dropped");
+            return;
+        }
         // Registered first: whatever happens next, the pull gets exactly
         // one reply.
         if !self.admit_pull(now, &p, len) {
@@ -1336,6 +1391,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         }
         consider(self.idle_deadline());
         consider(self.frame_deadline());
+        consider(self.write_failed.as_ref().map(|(_, until)| *until));
         for w in &self.wakes {
             consider(*w);
         }
@@ -1362,6 +1418,13 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 self.stats.timeouts += 1;
                 let e = Rerror::timeout().with_detail(format!("no reply to {} in time", pend.uri));
                 self.resolve(now, Seq(seq), pend, Err(e), None);
+            }
+        }
+        if let Some((e, until)) = &self.write_failed {
+            if *until <= now {
+                let e = e.clone();
+                self.abort(now, CloseReason::Io(e));
+                return;
             }
         }
         if let (Some(at), Some(idle)) = (self.idle_deadline(), self.shared.config.idle_timeout) {
@@ -1412,6 +1475,10 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
     /// Moves every encoded byte into `dst` (swapping buffers when `dst` is
     /// empty, so no copy); returns how many. Write them all, in order.
     pub fn poll_transmit(&mut self, dst: &mut BytesMut) -> usize {
+        if self.write_failed.is_some() {
+            self.tx.clear();
+            return 0;
+        }
         let n = self.tx.len();
         if dst.is_empty() {
             std::mem::swap(dst, &mut self.tx);

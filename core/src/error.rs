@@ -89,6 +89,16 @@ pub enum XferError {
         /// The limit its output hit.
         limit: usize,
     },
+    /// The filter's input stops before its end: a gzip member cut short
+    /// (D-GZIP). Go takes whatever inflated before the cut as the payload;
+    /// here the frame is refused.
+    #[error("transfer filter {id}: stream is truncated: {reason}")]
+    Truncated {
+        /// The filter.
+        id: XferId,
+        /// Where it stopped.
+        reason: &'static str,
+    },
     /// The filter's input is malformed.
     #[error("transfer filter {id}: {reason}")]
     Malformed {

@@ -66,6 +66,17 @@ pub enum ProtoError {
         /// How many were requested.
         count: usize,
     },
+    /// A frame's meta has more pairs than [`Meta::MAX_PAIRS`]: refused
+    /// before any pair is built (see there for why it is an error).
+    ///
+    /// [`Meta::MAX_PAIRS`]: crate::Meta::MAX_PAIRS
+    #[error("meta has {count} pairs, more than the {limit} allowed")]
+    TooManyMetaPairs {
+        /// How many pairs the meta has.
+        count: usize,
+        /// The most allowed.
+        limit: usize,
+    },
     /// A transfer filter failed.
     #[error(transparent)]
     Xfer(#[from] XferError),

@@ -4,6 +4,8 @@ use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 
+use crate::error::ProtoError;
+
 /// Ordered key/value pairs sent in a packet's header; keys may repeat.
 ///
 /// On the wire it is a URL-query string: pairs joined by `&`, `key=value` or
@@ -25,25 +27,95 @@ use bytes::{BufMut, BytesMut};
 /// );
 /// assert_eq!(Meta::parse(m.to_string().as_bytes()), m);
 /// ```
+///
+/// # Memory
+///
+/// All keys and values live back to back in one byte buffer, with two
+/// `u32` offsets per pair, so a parse makes two allocations whatever the
+/// number of pairs, and a parsed `Meta` holds at most `len + 8 × pairs`
+/// bytes of heap for an input of `len` bytes. A pair takes at least two
+/// bytes of input (one byte and a separator), so that is never more than
+/// `5 × len + 4` bytes; [`Meta::try_parse`], which the fast proto uses on
+/// every frame, also refuses more than [`Meta::MAX_PAIRS`] pairs before it
+/// allocates anything, so there it is at most `len + 32 KiB`.
+///
+/// Keys and values together are limited to 4 GiB − 1 (a frame's meta is
+/// shorter than that); adding past it panics, as a `Vec` does past its
+/// capacity limit.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Meta {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Every pair's key then value, in order, with nothing in between or
+    /// after: equal pair lists have equal buffers, so the derived
+    /// comparisons and hash compare pairs.
+    buf: Vec<u8>,
+    /// Per pair, where its key and its value end in `buf`; the key starts
+    /// where the previous pair's value ends (at 0 for the first).
+    ends: Vec<Ends>,
+}
+
+/// Offsets into [`Meta::buf`] of one pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Ends {
+    key: u32,
+    value: u32,
+}
+
+/// `n` as a buffer offset; see the type's docs on the 4 GiB limit.
+fn offset(n: usize) -> u32 {
+    u32::try_from(n).expect("meta keys and values exceed 4 GiB")
+}
+
+/// The segments of `src` that make a pair: split on `&`, those that are
+/// empty or just `=` (empty key and value) left out.
+fn segments(src: &[u8]) -> impl Iterator<Item = &[u8]> {
+    src.split(|b| *b == b'&')
+        .filter(|seg| !seg.is_empty() && *seg != b"=")
 }
 
 impl Meta {
+    /// The most pairs [`Meta::try_parse`] accepts, and so the most a frame
+    /// the fast proto reads may carry.
+    ///
+    /// Go has no such limit, but nothing real sends thousands of header
+    /// pairs, while every lookup is a scan of them: a peer sending a frame
+    /// that is all `a&a&a&…` would make each [`Meta::get`] of a handler walk
+    /// half a million pairs. Such a frame is refused like any other broken
+    /// frame (the connection closes with
+    /// [`ProtoError::TooManyMetaPairs`]) rather than trimmed, because a
+    /// trimmed meta could silently lose the one key that mattered.
+    pub const MAX_PAIRS: usize = 4096;
+
     /// An empty set of pairs (allocates nothing).
     pub const fn new() -> Self {
-        Meta { pairs: Vec::new() }
+        Meta {
+            buf: Vec::new(),
+            ends: Vec::new(),
+        }
     }
 
     /// Number of pairs.
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.ends.len()
     }
 
     /// Whether there is no pair.
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.ends.is_empty()
+    }
+
+    /// Where pair `i`'s key starts.
+    fn key_start(&self, i: usize) -> usize {
+        match i.checked_sub(1) {
+            Some(prev) => self.ends[prev].value as usize,
+            None => 0,
+        }
+    }
+
+    /// Pair `i`; `i < self.len()`.
+    fn pair(&self, i: usize) -> (&[u8], &[u8]) {
+        let e = self.ends[i];
+        let (k, v) = (e.key as usize, e.value as usize);
+        (&self.buf[self.key_start(i)..k], &self.buf[k..v])
     }
 
     /// The first value of `key`, if present and UTF-8.
@@ -55,83 +127,167 @@ impl Meta {
     /// The first value of `key` as bytes.
     pub fn get_bytes(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
         let key = key.as_ref();
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_slice())
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// Every value of `key`, in order.
     pub fn get_all<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.pairs
-            .iter()
-            .filter(move |(k, _)| k == key)
-            .map(|(_, v)| v.as_slice())
+        self.iter().filter(move |(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// Replaces the value of the first pair with `key`, or appends the pair.
     pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        let key = key.as_ref();
-        match self.pairs.iter_mut().find(|(k, _)| k == key) {
-            Some((_, v)) => *v = value.as_ref().to_vec(),
-            None => self.pairs.push((key.to_vec(), value.as_ref().to_vec())),
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let Some(i) = self.iter().position(|(k, _)| k == key) else {
+            return self.add(key, value);
+        };
+        let e = self.ends[i];
+        let old = (e.value - e.key) as usize;
+        // Check the new total fits before touching anything.
+        offset(self.buf.len() - old + value.len());
+        self.buf
+            .splice(e.key as usize..e.value as usize, value.iter().copied());
+        // Every offset from this value's end on moves by the same amount;
+        // the results fit (checked above), so wrapping arithmetic is exact.
+        let shift = offset(value.len()).wrapping_sub(old as u32);
+        self.ends[i].value = e.value.wrapping_add(shift);
+        for later in &mut self.ends[i + 1..] {
+            later.key = later.key.wrapping_add(shift);
+            later.value = later.value.wrapping_add(shift);
         }
     }
 
     /// Appends a pair, even if the key is already present.
     pub fn add(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        self.pairs
-            .push((key.as_ref().to_vec(), value.as_ref().to_vec()));
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let key_end = offset(self.buf.len() + key.len());
+        let value_end = offset(key_end as usize + value.len());
+        self.buf.extend_from_slice(key);
+        self.buf.extend_from_slice(value);
+        self.ends.push(Ends {
+            key: key_end,
+            value: value_end,
+        });
     }
 
     /// Removes every pair with `key`; returns how many were removed.
     pub fn remove(&mut self, key: impl AsRef<[u8]>) -> usize {
         let key = key.as_ref();
-        let before = self.pairs.len();
-        self.pairs.retain(|(k, _)| k != key);
-        before - self.pairs.len()
+        let before = self.ends.len();
+        // Moves each kept pair down over the removed ones, in place: the
+        // write position never passes the read position.
+        let (mut read, mut write, mut kept) = (0usize, 0usize, 0usize);
+        for i in 0..before {
+            let e = self.ends[i];
+            let (k, v) = (e.key as usize, e.value as usize);
+            let start = read;
+            read = v;
+            if &self.buf[start..k] == key {
+                continue;
+            }
+            self.buf.copy_within(start..v, write);
+            // Offsets only shrink here, so they still fit.
+            self.ends[kept] = Ends {
+                key: (write + k - start) as u32,
+                value: (write + v - start) as u32,
+            };
+            write += v - start;
+            kept += 1;
+        }
+        self.buf.truncate(write);
+        self.ends.truncate(kept);
+        before - kept
     }
 
     /// The pairs in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
-        self.pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+        (0..self.ends.len()).map(move |i| self.pair(i))
     }
 
     /// Appends every pair of `other`.
     pub fn extend_from(&mut self, other: &Meta) {
-        self.pairs.extend(other.pairs.iter().cloned());
+        let base = self.buf.len();
+        offset(base + other.buf.len());
+        self.buf.extend_from_slice(&other.buf);
+        // `base + other offsets` fits: checked above.
+        self.ends.extend(other.ends.iter().map(|e| Ends {
+            key: e.key + base as u32,
+            value: e.value + base as u32,
+        }));
     }
 
     /// Parses the URL-query form as Go teleport reads it: split on `&`, then
     /// at the first `=`; `+` reads as a space; `%XX` is decoded and a `%`
     /// without two hex digits is kept literally; a segment whose key and
-    /// value are both empty is dropped. Never fails.
+    /// value are both empty is dropped. Never fails, and takes any number
+    /// of pairs: for bytes from a peer, [`Meta::try_parse`] also caps that.
+    ///
+    /// Two allocations whatever the number of pairs; the result holds at
+    /// most `src.len() + 8 × pairs` bytes of heap (see the type's docs).
     pub fn parse(src: &[u8]) -> Meta {
-        let mut pairs = Vec::new();
-        if src.is_empty() {
-            return Meta { pairs };
+        Self::build(src, segments(src).count())
+    }
+
+    /// Like [`Meta::parse`], but a meta of more than [`Meta::MAX_PAIRS`]
+    /// pairs is refused with [`ProtoError::TooManyMetaPairs`], after one
+    /// pass over `src` that allocates nothing. The fast proto parses every
+    /// frame's meta with this.
+    ///
+    /// ```
+    /// use teleport_core::{Meta, ProtoError};
+    /// let ok = "k=v&".repeat(Meta::MAX_PAIRS);
+    /// assert_eq!(Meta::try_parse(ok.as_bytes()).unwrap().len(), Meta::MAX_PAIRS);
+    /// let over = "a&".repeat(Meta::MAX_PAIRS + 1);
+    /// assert_eq!(
+    ///     Meta::try_parse(over.as_bytes()),
+    ///     Err(ProtoError::TooManyMetaPairs { count: 4097, limit: 4096 })
+    /// );
+    /// ```
+    pub fn try_parse(src: &[u8]) -> Result<Meta, ProtoError> {
+        let count = segments(src).count();
+        if count > Self::MAX_PAIRS {
+            return Err(ProtoError::TooManyMetaPairs {
+                count,
+                limit: Self::MAX_PAIRS,
+            });
         }
-        for seg in src.split(|b| *b == b'&') {
+        Ok(Self::build(src, count))
+    }
+
+    /// Parses `src`, which has `count` pairs.
+    fn build(src: &[u8], count: usize) -> Meta {
+        if count == 0 {
+            return Meta::new();
+        }
+        // Unescaping only shortens, so `src.len()` bytes hold every key
+        // and value.
+        let mut m = Meta {
+            buf: Vec::with_capacity(src.len()),
+            ends: Vec::with_capacity(count),
+        };
+        for seg in segments(src) {
             let (k, v) = match seg.iter().position(|b| *b == b'=') {
                 Some(i) => (&seg[..i], &seg[i + 1..]),
                 None => (seg, &[][..]),
             };
-            if k.is_empty() && v.is_empty() {
-                continue;
-            }
-            pairs.push((unescape(k), unescape(v)));
+            unescape_into(k, &mut m.buf);
+            let key = offset(m.buf.len());
+            unescape_into(v, &mut m.buf);
+            let value = offset(m.buf.len());
+            m.ends.push(Ends { key, value });
         }
-        Meta { pairs }
+        m
+    }
+
+    /// The pairs that go on the wire: not both key and value empty.
+    fn written(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.iter().filter(|(k, v)| !(k.is_empty() && v.is_empty()))
     }
 
     /// The exact number of bytes [`Meta::encode_into`] appends.
     pub fn encoded_len(&self) -> usize {
         let mut n = 0;
-        for (k, v) in self
-            .pairs
-            .iter()
-            .filter(|(k, v)| !(k.is_empty() && v.is_empty()))
-        {
+        for (k, v) in self.written() {
             if n > 0 {
                 n += 1;
             }
@@ -147,11 +303,7 @@ impl Meta {
     /// are skipped: a reader drops them anyway.
     pub fn encode_into(&self, dst: &mut impl BufMut) {
         let mut first = true;
-        for (k, v) in self
-            .pairs
-            .iter()
-            .filter(|(k, v)| !(k.is_empty() && v.is_empty()))
-        {
+        for (k, v) in self.written() {
             if !first {
                 dst.put_u8(b'&');
             }
@@ -178,8 +330,7 @@ impl fmt::Debug for Meta {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(
-                self.pairs
-                    .iter()
+                self.iter()
                     .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v))),
             )
             .finish()
@@ -227,8 +378,8 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-fn unescape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
+/// Appends the unescaped `s` to `out`.
+fn unescape_into(s: &[u8], out: &mut Vec<u8>) {
     let mut i = 0;
     while let Some(&b) = s.get(i) {
         match b {
@@ -247,7 +398,6 @@ fn unescape(s: &[u8]) -> Vec<u8> {
         }
         i += 1;
     }
-    out
 }
 
 #[cfg(test)]

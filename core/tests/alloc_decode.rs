@@ -154,19 +154,26 @@ fn no_meta_no_filter_allocates_nothing() {
 }
 
 #[test]
-fn meta_costs_one_vec_plus_one_per_nonempty_part() {
-    // Two pairs, three non-empty parts: the pair list, "X-Id", its value,
-    // "X-Flag" (an empty value allocates nothing).
-    for keep in [true, false] {
-        let per_frame = allocs_per_frame(keep, |i| {
-            let mut p = packet(i);
-            p.meta = Meta::from_iter([("X-Id", i.to_string()), ("X-Flag", String::new())]);
-            p
-        });
-        assert_eq!(
-            per_frame, 4.0,
-            "keep={keep}: {per_frame} allocations per frame"
-        );
+fn meta_costs_two_allocations_whatever_its_pairs() {
+    // One buffer for every key and value, one for their offsets: the same
+    // for two pairs (one with an empty value) as for forty.
+    for extra in [0, 38] {
+        for keep in [true, false] {
+            let per_frame = allocs_per_frame(keep, |i| {
+                let mut p = packet(i);
+                p.meta = Meta::from_iter([("X-Id", i.to_string()), ("X-Flag", String::new())]);
+                for j in 0..extra {
+                    p.meta.add(format!("X-{j}"), "v%");
+                }
+                p
+            });
+            assert_eq!(
+                per_frame,
+                2.0,
+                "{} pairs, keep={keep}: {per_frame} allocations per frame",
+                extra + 2
+            );
+        }
     }
 }
 

@@ -279,6 +279,11 @@ impl Meta {
         m
     }
 
+    /// The heap this meta holds: the capacity of both buffers, in bytes.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.buf.capacity() + self.ends.capacity() * std::mem::size_of::<Ends>()
+    }
+
     /// The pairs that go on the wire: not both key and value empty.
     fn written(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.iter().filter(|(k, v)| !(k.is_empty() && v.is_empty()))

@@ -421,6 +421,13 @@ mod tests {
         super::codecs(&msg);
     }
 
+    /// The crash libFuzzer found (`fuzz/artifacts/gzip/crash-a8997187…`):
+    /// a header with a reserved flag bit, which flate2 refuses and we read.
+    #[test]
+    fn fuzz_crash_a8997187() {
+        super::gzip(&hex::decode("1f8b0841000000000003cb48cdc9c9572849cd492dc82f2ad151c8a0331f0066fb62b380000000").unwrap());
+    }
+
     #[test]
     fn gzip_on_real_streams() {
         use crate::XferFilter;

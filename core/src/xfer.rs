@@ -132,6 +132,7 @@ const FHCRC: u8 = 0x02;
 const FEXTRA: u8 = 0x04;
 const FNAME: u8 = 0x08;
 const FCOMMENT: u8 = 0x10;
+const FRESERVED: u8 = 0xe0;
 
 /// The gzip trailer: CRC-32 and ISIZE, little-endian (RFC 1952 §2.3.1).
 const TRAILER: usize = 8;
@@ -174,6 +175,10 @@ impl Gzip {
             return Err(Self::malformed("invalid header"));
         }
         let flags = fixed[3];
+        if flags & FRESERVED != 0 {
+            // RFC 1952 §2.3.1.2: a decoder must refuse them.
+            return Err(Self::malformed("invalid header: reserved flag bits set"));
+        }
         let mut pos = 10usize;
         let past = || Self::malformed("invalid header: optional field past end");
         if flags & FEXTRA != 0 {
@@ -598,5 +603,18 @@ mod tests {
         assert_eq!(dec(&good, 1024).unwrap(), TEXT);
         let bad = [&head[..], &[sum[0] ^ 1, sum[1]], body].concat();
         assert!(is_malformed(dec(&bad, 1024)));
+    }
+
+    #[test]
+    fn reserved_header_flags_are_refused() {
+        // Found by the gzip fuzz target: flags 0x41 (FTEXT and a reserved
+        // bit) were read, where RFC 1952 (and flate2) refuse them.
+        let mut gz = ours(TEXT);
+        for bit in [0x20, 0x40, 0x80] {
+            gz[3] = bit | 0x01;
+            assert!(is_malformed(dec(&gz, 1024)), "flag {bit:#x}");
+        }
+        gz[3] = 0x01; // FTEXT alone is a hint, nothing to parse
+        assert_eq!(dec(&gz, 1024).unwrap(), TEXT);
     }
 }

@@ -60,6 +60,32 @@ struct Ends {
     value: u32,
 }
 
+/// The pairs of a [`Meta`], in order.
+struct Pairs<'a> {
+    buf: &'a [u8],
+    ends: std::slice::Iter<'a, Ends>,
+    /// Where the next pair's key starts.
+    start: usize,
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let e = self.ends.next()?;
+        let (k, v) = (e.key as usize, e.value as usize);
+        let pair = (&self.buf[self.start..k], &self.buf[k..v]);
+        self.start = v;
+        Some(pair)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.ends.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Pairs<'_> {}
+
 /// `n` as a buffer offset; see the type's docs on the 4 GiB limit.
 fn offset(n: usize) -> u32 {
     u32::try_from(n).expect("meta keys and values exceed 4 GiB")
@@ -103,21 +129,6 @@ impl Meta {
         self.ends.is_empty()
     }
 
-    /// Where pair `i`'s key starts.
-    fn key_start(&self, i: usize) -> usize {
-        match i.checked_sub(1) {
-            Some(prev) => self.ends[prev].value as usize,
-            None => 0,
-        }
-    }
-
-    /// Pair `i`; `i < self.len()`.
-    fn pair(&self, i: usize) -> (&[u8], &[u8]) {
-        let e = self.ends[i];
-        let (k, v) = (e.key as usize, e.value as usize);
-        (&self.buf[self.key_start(i)..k], &self.buf[k..v])
-    }
-
     /// The first value of `key`, if present and UTF-8.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Option<&str> {
         self.get_bytes(key)
@@ -126,8 +137,18 @@ impl Meta {
 
     /// The first value of `key` as bytes.
     pub fn get_bytes(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
-        let key = key.as_ref();
-        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+        let e = self.ends[self.find(key.as_ref())?];
+        Some(&self.buf[e.key as usize..e.value as usize])
+    }
+
+    /// The index of the first pair with `key`; compares keys only.
+    fn find(&self, key: &[u8]) -> Option<usize> {
+        let mut start = 0;
+        self.ends.iter().position(|e| {
+            let k = &self.buf[start..e.key as usize];
+            start = e.value as usize;
+            k == key
+        })
     }
 
     /// Every value of `key`, in order.
@@ -138,7 +159,7 @@ impl Meta {
     /// Replaces the value of the first pair with `key`, or appends the pair.
     pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
-        let Some(i) = self.iter().position(|(k, _)| k == key) else {
+        let Some(i) = self.find(key) else {
             return self.add(key, value);
         };
         let e = self.ends[i];
@@ -201,7 +222,11 @@ impl Meta {
 
     /// The pairs in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
-        (0..self.ends.len()).map(move |i| self.pair(i))
+        Pairs {
+            buf: &self.buf,
+            ends: self.ends.iter(),
+            start: 0,
+        }
     }
 
     /// Appends every pair of `other`.

@@ -86,7 +86,8 @@ pub fn unpack(data: &[u8]) {
 /// Parses `data` as meta and checks:
 ///
 /// - the memory bound of [`Meta`]'s docs: the result holds at most
-///   `len + 8 × pairs` bytes of heap, and at most `5 × len + 4`;
+///   `4 + len + len / 128 + 2 × pairs` bytes of heap, and at most
+///   `2 × len + len / 128 + 6`;
 /// - no pair has both key and value empty (the reader drops those);
 /// - [`Meta::try_parse`] gives the same pairs, or
 ///   [`ProtoError::TooManyMetaPairs`] with the right count exactly when
@@ -99,8 +100,9 @@ pub fn meta(data: &[u8]) {
     let m = Meta::parse(data);
     let pairs = m.len();
     let heap = m.heap_bytes();
+    let len = data.len();
     assert!(
-        heap <= data.len() + 8 * pairs && heap <= 5 * data.len() + 4,
+        heap <= 4 + len + len / 128 + 2 * pairs && heap <= 2 * len + len / 128 + 6,
         "{heap} bytes of heap for {pairs} pairs from {} bytes",
         data.len()
     );

@@ -30,66 +30,105 @@ use crate::error::ProtoError;
 ///
 /// # Memory
 ///
-/// All keys and values live back to back in one byte buffer, with two
-/// `u32` offsets per pair, so a parse makes two allocations whatever the
-/// number of pairs, and a parsed `Meta` holds at most `len + 8 × pairs`
-/// bytes of heap for an input of `len` bytes. A pair takes at least two
-/// bytes of input (one byte and a separator), so that is never more than
-/// `5 × len + 4` bytes; [`Meta::try_parse`], which the fast proto uses on
-/// every frame, also refuses more than [`Meta::MAX_PAIRS`] pairs before it
-/// allocates anything, so there it is at most `len + 32 KiB`.
-///
-/// Keys and values together are limited to 4 GiB − 1 (a frame's meta is
-/// shorter than that); adding past it panics, as a `Vec` does past its
-/// capacity limit.
+/// All pairs live in one byte buffer: a pair count, then each key and
+/// value after its length (a LEB128 varint, one byte below 128). A parse
+/// makes one allocation whatever the number of pairs, and a parsed `Meta`
+/// holds at most `4 + len + len / 128 + 2 × pairs` bytes of heap for an
+/// input of `len` bytes. A pair takes at least two bytes of input (one
+/// byte and a separator), so that is never more than `2 × len + len / 128
+/// + 6` bytes; [`Meta::try_parse`], which the fast proto uses on every
+/// frame, also refuses more than [`Meta::MAX_PAIRS`] pairs before it
+/// allocates anything, so there it is at most `len + len / 128 + 8 KiB + 4`.
+/// The struct itself is one `Vec`, as small as before.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Meta {
-    /// Every pair's key then value, in order, with nothing in between or
-    /// after: equal pair lists have equal buffers, so the derived
+    /// Empty when there is no pair. Else the number of pairs (`u32`,
+    /// little-endian), then per pair the key's length, the key, the
+    /// value's length, the value, lengths as minimal LEB128 varints. That
+    /// form is canonical (one buffer per pair list), so the derived
     /// comparisons and hash compare pairs.
     buf: Vec<u8>,
-    /// Per pair, where its key and its value end in `buf`; the key starts
-    /// where the previous pair's value ends (at 0 for the first).
-    ends: Vec<Ends>,
 }
 
-/// Offsets into [`Meta::buf`] of one pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Ends {
-    key: u32,
-    value: u32,
+/// Bytes of the pair count at the start of a non-empty [`Meta::buf`].
+const HEAD: usize = 4;
+
+/// Appends `n` as a minimal LEB128 varint.
+fn put_varint(buf: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        buf.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    buf.push(n as u8);
 }
 
-/// The pairs of a [`Meta`], in order.
-struct Pairs<'a> {
-    buf: &'a [u8],
-    ends: std::slice::Iter<'a, Ends>,
-    /// Where the next pair's key starts.
+/// Reads a varint at `*pos`, moving `pos` past it.
+fn get_varint(buf: &[u8], pos: &mut usize) -> Option<usize> {
+    let mut n = 0usize;
+    for shift in (0..usize::BITS).step_by(7) {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        n |= usize::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// Where one pair lies in [`Meta::buf`].
+#[derive(Clone, Copy)]
+struct Span {
+    /// The pair's first byte (its key length).
     start: usize,
+    /// The key.
+    key: (usize, usize),
+    /// Where the value's length is.
+    value_at: usize,
+    /// The value; its end is the pair's end.
+    value: (usize, usize),
 }
 
-impl<'a> Iterator for Pairs<'a> {
-    type Item = (&'a [u8], &'a [u8]);
+/// The pair at `pos` in `buf`, if the buffer holds one there.
+fn span_at(buf: &[u8], pos: usize) -> Option<Span> {
+    let mut p = pos;
+    let k_len = get_varint(buf, &mut p)?;
+    let key = (p, p.checked_add(k_len)?);
+    let value_at = key.1;
+    p = value_at;
+    let v_len = get_varint(buf, &mut p)?;
+    let value = (p, p.checked_add(v_len)?);
+    (value.1 <= buf.len()).then_some(Span {
+        start: pos,
+        key,
+        value_at,
+        value,
+    })
+}
 
-    fn next(&mut self) -> Option<Self::Item> {
-        let e = self.ends.next()?;
-        let (k, v) = (e.key as usize, e.value as usize);
-        let pair = (&self.buf[self.start..k], &self.buf[k..v]);
-        self.start = v;
-        Some(pair)
+/// The spans of every pair, in order.
+struct Spans<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    left: usize,
+}
+
+impl Iterator for Spans<'_> {
+    type Item = Span;
+
+    fn next(&mut self) -> Option<Span> {
+        self.left = self.left.checked_sub(1)?;
+        let s = span_at(self.buf, self.pos)?;
+        self.pos = s.value.1;
+        Some(s)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.ends.size_hint()
+        (self.left, Some(self.left))
     }
 }
 
-impl ExactSizeIterator for Pairs<'_> {}
-
-/// `n` as a buffer offset; see the type's docs on the 4 GiB limit.
-fn offset(n: usize) -> u32 {
-    u32::try_from(n).expect("meta keys and values exceed 4 GiB")
-}
+impl ExactSizeIterator for Spans<'_> {}
 
 /// The segments of `src` that make a pair: split on `&`, those that are
 /// empty or just `=` (empty key and value) left out.
@@ -113,20 +152,53 @@ impl Meta {
 
     /// An empty set of pairs (allocates nothing).
     pub const fn new() -> Self {
-        Meta {
-            buf: Vec::new(),
-            ends: Vec::new(),
-        }
+        Meta { buf: Vec::new() }
     }
 
     /// Number of pairs.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.buf
+            .first_chunk::<HEAD>()
+            .map_or(0, |n| u32::from_le_bytes(*n) as usize)
     }
 
     /// Whether there is no pair.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.buf.is_empty()
+    }
+
+    /// Records `n` pairs: an empty buffer for none (the canonical form).
+    ///
+    /// # Panics
+    ///
+    /// Past `u32::MAX` pairs (each takes at least two bytes: 8 GiB).
+    fn set_len(&mut self, n: usize) {
+        if n == 0 {
+            self.buf.clear();
+            return;
+        }
+        let n = u32::try_from(n).expect("more than u32::MAX meta pairs");
+        if self.buf.len() < HEAD {
+            self.buf.splice(..0, [0; HEAD]);
+        }
+        self.buf[..HEAD].copy_from_slice(&n.to_le_bytes());
+    }
+
+    fn spans(&self) -> Spans<'_> {
+        Spans {
+            buf: &self.buf,
+            pos: HEAD,
+            left: self.len(),
+        }
+    }
+
+    fn slice(&self, (from, to): (usize, usize)) -> &[u8] {
+        self.buf.get(from..to).unwrap_or_default()
+    }
+
+    /// The first pair with `key`; compares keys only.
+    fn find(&self, key: &[u8]) -> Option<Span> {
+        self.spans().find(|s| self.slice(s.key) == key)
     }
 
     /// The first value of `key`, if present and UTF-8.
@@ -137,18 +209,7 @@ impl Meta {
 
     /// The first value of `key` as bytes.
     pub fn get_bytes(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
-        let e = self.ends[self.find(key.as_ref())?];
-        Some(&self.buf[e.key as usize..e.value as usize])
-    }
-
-    /// The index of the first pair with `key`; compares keys only.
-    fn find(&self, key: &[u8]) -> Option<usize> {
-        let mut start = 0;
-        self.ends.iter().position(|e| {
-            let k = &self.buf[start..e.key as usize];
-            start = e.value as usize;
-            k == key
-        })
+        self.find(key.as_ref()).map(|s| self.slice(s.value))
     }
 
     /// Every value of `key`, in order.
@@ -159,86 +220,68 @@ impl Meta {
     /// Replaces the value of the first pair with `key`, or appends the pair.
     pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
-        let Some(i) = self.find(key) else {
+        let Some(s) = self.find(key) else {
             return self.add(key, value);
         };
-        let e = self.ends[i];
-        let old = (e.value - e.key) as usize;
-        // Check the new total fits before touching anything.
-        offset(self.buf.len() - old + value.len());
-        self.buf
-            .splice(e.key as usize..e.value as usize, value.iter().copied());
-        // Every offset from this value's end on moves by the same amount;
-        // the results fit (checked above), so wrapping arithmetic is exact.
-        let shift = offset(value.len()).wrapping_sub(old as u32);
-        self.ends[i].value = e.value.wrapping_add(shift);
-        for later in &mut self.ends[i + 1..] {
-            later.key = later.key.wrapping_add(shift);
-            later.value = later.value.wrapping_add(shift);
-        }
+        let mut len = Vec::with_capacity(10);
+        put_varint(&mut len, value.len());
+        self.buf.splice(
+            s.value_at..s.value.1,
+            len.into_iter().chain(value.iter().copied()),
+        );
     }
 
     /// Appends a pair, even if the key is already present.
     pub fn add(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
-        let key_end = offset(self.buf.len() + key.len());
-        let value_end = offset(key_end as usize + value.len());
+        let n = self.len();
+        self.set_len(n + 1);
+        put_varint(&mut self.buf, key.len());
         self.buf.extend_from_slice(key);
+        put_varint(&mut self.buf, value.len());
         self.buf.extend_from_slice(value);
-        self.ends.push(Ends {
-            key: key_end,
-            value: value_end,
-        });
     }
 
     /// Removes every pair with `key`; returns how many were removed.
     pub fn remove(&mut self, key: impl AsRef<[u8]>) -> usize {
         let key = key.as_ref();
-        let before = self.ends.len();
+        let before = self.len();
         // Moves each kept pair down over the removed ones, in place: the
-        // write position never passes the read position.
-        let (mut read, mut write, mut kept) = (0usize, 0usize, 0usize);
-        for i in 0..before {
-            let e = self.ends[i];
-            let (k, v) = (e.key as usize, e.value as usize);
-            let start = read;
-            read = v;
-            if &self.buf[start..k] == key {
+        // write position never passes the read position, so every pair is
+        // read before anything is written over it.
+        let (mut read, mut write, mut kept) = (HEAD, HEAD, 0usize);
+        for _ in 0..before {
+            let Some(s) = span_at(&self.buf, read) else {
+                break;
+            };
+            read = s.value.1;
+            if self.slice(s.key) == key {
                 continue;
             }
-            self.buf.copy_within(start..v, write);
-            // Offsets only shrink here, so they still fit.
-            self.ends[kept] = Ends {
-                key: (write + k - start) as u32,
-                value: (write + v - start) as u32,
-            };
-            write += v - start;
+            self.buf.copy_within(s.start..s.value.1, write);
+            write += s.value.1 - s.start;
             kept += 1;
         }
         self.buf.truncate(write);
-        self.ends.truncate(kept);
+        self.set_len(kept);
         before - kept
     }
 
     /// The pairs in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
-        Pairs {
-            buf: &self.buf,
-            ends: self.ends.iter(),
-            start: 0,
-        }
+        self.spans()
+            .map(move |s| (self.slice(s.key), self.slice(s.value)))
     }
 
     /// Appends every pair of `other`.
     pub fn extend_from(&mut self, other: &Meta) {
-        let base = self.buf.len();
-        offset(base + other.buf.len());
-        self.buf.extend_from_slice(&other.buf);
-        // `base + other offsets` fits: checked above.
-        self.ends.extend(other.ends.iter().map(|e| Ends {
-            key: e.key + base as u32,
-            value: e.value + base as u32,
-        }));
+        let (mine, theirs) = (self.len(), other.len());
+        if theirs == 0 {
+            return;
+        }
+        self.set_len(mine + theirs);
+        self.buf
+            .extend_from_slice(other.buf.get(HEAD..).unwrap_or_default());
     }
 
     /// Parses the URL-query form as Go teleport reads it: split on `&`, then
@@ -247,8 +290,9 @@ impl Meta {
     /// value are both empty is dropped. Never fails, and takes any number
     /// of pairs: for bytes from a peer, [`Meta::try_parse`] also caps that.
     ///
-    /// Two allocations whatever the number of pairs; the result holds at
-    /// most `src.len() + 8 × pairs` bytes of heap (see the type's docs).
+    /// One allocation whatever the number of pairs; the result holds at
+    /// most `4 + len + len / 128 + 2 × pairs` bytes of heap (see the
+    /// type's docs).
     pub fn parse(src: &[u8]) -> Meta {
         Self::build(src, segments(src).count())
     }
@@ -284,29 +328,29 @@ impl Meta {
         if count == 0 {
             return Meta::new();
         }
-        // Unescaping only shortens, so `src.len()` bytes hold every key
-        // and value.
+        // Unescaping only shortens, so the keys and values take at most
+        // `src.len()` bytes; their lengths take one byte each, plus one for
+        // every 128 bytes of a key or value past the first 127.
         let mut m = Meta {
-            buf: Vec::with_capacity(src.len()),
-            ends: Vec::with_capacity(count),
+            buf: Vec::with_capacity(HEAD + src.len() + src.len() / 128 + 2 * count),
         };
+        m.set_len(count);
         for seg in segments(src) {
             let (k, v) = match seg.iter().position(|b| *b == b'=') {
                 Some(i) => (&seg[..i], &seg[i + 1..]),
                 None => (seg, &[][..]),
             };
-            unescape_into(k, &mut m.buf);
-            let key = offset(m.buf.len());
-            unescape_into(v, &mut m.buf);
-            let value = offset(m.buf.len());
-            m.ends.push(Ends { key, value });
+            for part in [k, v] {
+                put_varint(&mut m.buf, unescaped_len(part));
+                unescape_into(part, &mut m.buf);
+            }
         }
         m
     }
 
-    /// The heap this meta holds: the capacity of both buffers, in bytes.
+    /// The heap this meta holds: the capacity of its buffer, in bytes.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.buf.capacity() + self.ends.capacity() * std::mem::size_of::<Ends>()
+        self.buf.capacity()
     }
 
     /// The pairs that go on the wire: not both key and value empty.
@@ -406,6 +450,24 @@ fn hex_val(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// The length of `s` unescaped: each `%XX` with two hex digits is one byte.
+fn unescaped_len(s: &[u8]) -> usize {
+    let mut n = s.len();
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        if b == b'%'
+            && s.get(i + 1).copied().and_then(hex_val).is_some()
+            && s.get(i + 2).copied().and_then(hex_val).is_some()
+        {
+            n -= 2;
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    n
 }
 
 /// Appends the unescaped `s` to `out`.

@@ -63,17 +63,33 @@ fn put_varint(buf: &mut Vec<u8>, mut n: usize) {
 }
 
 /// Reads a varint at `*pos`, moving `pos` past it.
+#[inline]
 fn get_varint(buf: &[u8], pos: &mut usize) -> Option<usize> {
+    // Lengths below 128, nearly all of them, are one byte.
+    let first = *buf.get(*pos)?;
+    if first < 0x80 {
+        *pos += 1;
+        return Some(usize::from(first));
+    }
+    get_long_varint(buf, pos)
+}
+
+#[cold]
+fn get_long_varint(buf: &[u8], pos: &mut usize) -> Option<usize> {
     let mut n = 0usize;
-    for shift in (0..usize::BITS).step_by(7) {
+    let mut shift = 0;
+    loop {
         let b = *buf.get(*pos)?;
         *pos += 1;
         n |= usize::from(b & 0x7f) << shift;
         if b < 0x80 {
             return Some(n);
         }
+        shift += 7;
+        if shift >= usize::BITS {
+            return None;
+        }
     }
-    None
 }
 
 /// Where one pair lies in [`Meta::buf`].
@@ -83,8 +99,6 @@ struct Span {
     start: usize,
     /// The key.
     key: (usize, usize),
-    /// Where the value's length is.
-    value_at: usize,
     /// The value; its end is the pair's end.
     value: (usize, usize),
 }
@@ -94,14 +108,12 @@ fn span_at(buf: &[u8], pos: usize) -> Option<Span> {
     let mut p = pos;
     let k_len = get_varint(buf, &mut p)?;
     let key = (p, p.checked_add(k_len)?);
-    let value_at = key.1;
-    p = value_at;
+    p = key.1;
     let v_len = get_varint(buf, &mut p)?;
     let value = (p, p.checked_add(v_len)?);
     (value.1 <= buf.len()).then_some(Span {
         start: pos,
         key,
-        value_at,
         value,
     })
 }
@@ -196,9 +208,27 @@ impl Meta {
         self.buf.get(from..to).unwrap_or_default()
     }
 
-    /// The first pair with `key`; compares keys only.
-    fn find(&self, key: &[u8]) -> Option<Span> {
-        self.spans().find(|s| self.slice(s.key) == key)
+    /// Where the first value of `key` is: the position of its length and
+    /// the value itself (the hot path of every lookup: other pairs are
+    /// skipped by their lengths alone).
+    #[inline]
+    fn find(&self, key: &[u8]) -> Option<(usize, (usize, usize))> {
+        let buf = self.buf.as_slice();
+        let mut pos = HEAD;
+        for _ in 0..self.len() {
+            let k_len = get_varint(buf, &mut pos)?;
+            let k_end = pos.checked_add(k_len)?;
+            let hit = k_len == key.len() && buf.get(pos..k_end) == Some(key);
+            let value_at = k_end;
+            pos = k_end;
+            let v_len = get_varint(buf, &mut pos)?;
+            let v_end = pos.checked_add(v_len)?;
+            if hit {
+                return Some((value_at, (pos, v_end)));
+            }
+            pos = v_end;
+        }
+        None
     }
 
     /// The first value of `key`, if present and UTF-8.
@@ -209,7 +239,7 @@ impl Meta {
 
     /// The first value of `key` as bytes.
     pub fn get_bytes(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
-        self.find(key.as_ref()).map(|s| self.slice(s.value))
+        self.find(key.as_ref()).map(|(_, value)| self.slice(value))
     }
 
     /// Every value of `key`, in order.
@@ -220,15 +250,13 @@ impl Meta {
     /// Replaces the value of the first pair with `key`, or appends the pair.
     pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
-        let Some(s) = self.find(key) else {
+        let Some((value_at, (_, end))) = self.find(key) else {
             return self.add(key, value);
         };
         let mut len = Vec::with_capacity(10);
         put_varint(&mut len, value.len());
-        self.buf.splice(
-            s.value_at..s.value.1,
-            len.into_iter().chain(value.iter().copied()),
-        );
+        self.buf
+            .splice(value_at..end, len.into_iter().chain(value.iter().copied()));
     }
 
     /// Appends a pair, even if the key is already present.

@@ -35,11 +35,11 @@ use crate::error::ProtoError;
 /// makes one allocation whatever the number of pairs, and a parsed `Meta`
 /// holds at most `4 + len + len / 128 + 2 × pairs` bytes of heap for an
 /// input of `len` bytes. A pair takes at least two bytes of input (one
-/// byte and a separator), so that is never more than `2 × len + len / 128
-/// + 6` bytes; [`Meta::try_parse`], which the fast proto uses on every
-/// frame, also refuses more than [`Meta::MAX_PAIRS`] pairs before it
-/// allocates anything, so there it is at most `len + len / 128 + 8 KiB + 4`.
-/// The struct itself is one `Vec`, as small as before.
+/// byte and a separator), so that is never more than
+/// `2 × len + len / 128 + 6` bytes. [`Meta::try_parse`], which the fast
+/// proto uses on every frame, also refuses more than [`Meta::MAX_PAIRS`]
+/// pairs before it allocates anything, so there it is at most
+/// `len + len / 128 + 8 KiB + 4`. The struct itself is one `Vec`.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Meta {
     /// Empty when there is no pair. Else the number of pairs (`u32`,

@@ -341,6 +341,9 @@ impl Meta {
     /// );
     /// ```
     pub fn try_parse(src: &[u8]) -> Result<Meta, ProtoError> {
+        if src.is_empty() {
+            return Ok(Meta::new()); // most frames: no meta at all
+        }
         let count = segments(src).count();
         if count > Self::MAX_PAIRS {
             return Err(ProtoError::TooManyMetaPairs {

@@ -66,6 +66,17 @@ pub enum ProtoError {
         /// How many were requested.
         count: usize,
     },
+    /// A frame's meta has more pairs than [`Meta::MAX_PAIRS`]: refused
+    /// before any pair is built (see there for why it is an error).
+    ///
+    /// [`Meta::MAX_PAIRS`]: crate::Meta::MAX_PAIRS
+    #[error("meta has {count} pairs, more than the {limit} allowed")]
+    TooManyMetaPairs {
+        /// How many pairs the meta has.
+        count: usize,
+        /// The most allowed.
+        limit: usize,
+    },
     /// A transfer filter failed.
     #[error(transparent)]
     Xfer(#[from] XferError),
@@ -88,6 +99,16 @@ pub enum XferError {
         id: XferId,
         /// The limit its output hit.
         limit: usize,
+    },
+    /// The filter's input stops before its end: a gzip member cut short
+    /// (D-GZIP). Go takes whatever inflated before the cut as the payload;
+    /// here the frame is refused.
+    #[error("transfer filter {id}: stream is truncated: {reason}")]
+    Truncated {
+        /// The filter.
+        id: XferId,
+        /// Where it stopped.
+        reason: &'static str,
     },
     /// The filter's input is malformed.
     #[error("transfer filter {id}: {reason}")]

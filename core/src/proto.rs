@@ -305,7 +305,7 @@ impl FastProto {
         let uri_len = r.u32("uri length")? as usize;
         let uri = Uri::from_bytes(r.take(uri_len, "uri")?);
         let meta_len = r.u32("meta length")? as usize;
-        let meta = Meta::parse(&r.take(meta_len, "meta")?);
+        let meta = Meta::try_parse(&r.take(meta_len, "meta")?)?;
         let body_codec = CodecId(r.u8("body codec")?);
         Ok(Packet {
             seq,

@@ -42,8 +42,9 @@
 //! await runtime-independent things (a session's async calls, channels),
 //! not a runtime's timers or sockets.
 //!
-//! `unixpacket` is accepted in the config but not supported yet; dialing or
-//! listening with it fails with `Unsupported`.
+//! Networks: `tcp`, `tcp4`, `tcp6`, `unix` and `unixpacket` (a
+//! `SOCK_SEQPACKET` unix socket; see `teleport_peer::net::SeqPacket` for
+//! how a byte stream travels in its messages).
 #![warn(missing_docs)]
 
 mod event_loop;

@@ -167,19 +167,22 @@ pub fn connect_tcp_blocking(cfg: &PeerConfig, addr: SocketAddr) -> io::Result<st
 pub fn connect_started(r: io::Result<()>) -> io::Result<bool> {
     match r {
         Ok(()) => Ok(false),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock || in_progress(&e) => Ok(true),
+        Err(e) if in_progress(&e) => Ok(true),
         Err(e) => Err(e),
     }
 }
 
+/// `EINPROGRESS`. Not `EAGAIN`: on a unix socket that is a full accept
+/// queue, on TCP no local port left; neither connects later.
 #[cfg(unix)]
 fn in_progress(e: &io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error())
 }
 
+/// Windows says `WSAEWOULDBLOCK` for a connect under way.
 #[cfg(not(unix))]
-fn in_progress(_: &io::Error) -> bool {
-    false
+fn in_progress(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
 }
 
 /// What an accepted TCP socket needs set (`TCP_NODELAY`); its buffer sizes
@@ -754,6 +757,31 @@ mod tests {
         // The listener is gone, its file stays: the next bind clears it.
         assert!(path.exists());
         let l = bind_seqpacket(&cfg).unwrap();
+        drop(l);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_full_unixpacket_accept_queue_is_an_error_not_a_connect_under_way() {
+        let path = std::env::temp_dir().join(format!("tp-peer-full-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let addr = socket2::SockAddr::unix(&path).unwrap();
+        let l =
+            socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+        l.bind(&addr).unwrap();
+        l.listen(0).unwrap();
+        let mut queued = Vec::new();
+        let e = loop {
+            let s = seqpacket_socket(&PeerConfig::default(), true).unwrap();
+            match connect_started(s.connect(&addr)) {
+                Ok(false) => queued.push(s),
+                Ok(true) => panic!("a unix connect is never under way"),
+                Err(e) => break e,
+            }
+            assert!(queued.len() < 16, "the accept queue never filled");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
         drop(l);
         let _ = std::fs::remove_file(&path);
     }

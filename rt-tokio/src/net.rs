@@ -137,11 +137,16 @@ fn poll_read_packet(
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
+    let sock = socket2::SockRef::from(io);
     loop {
-        if !rd.has_held() {
-            ready!(io.poll_read_ready(cx))?;
+        if rd.has_held() {
+            // Bytes of a message already read: no socket involved (and no
+            // readiness to wait for).
+            let n = rd.read(&sock, buf.initialize_unfilled())?;
+            buf.advance(n);
+            return Poll::Ready(Ok(()));
         }
-        let sock = socket2::SockRef::from(io);
+        ready!(io.poll_read_ready(cx))?;
         match io.try_io(Interest::READABLE, || {
             rd.read(&sock, buf.initialize_unfilled())
         }) {
@@ -164,9 +169,9 @@ fn poll_write_packet(
     cx: &mut Context<'_>,
     buf: &[u8],
 ) -> Poll<io::Result<usize>> {
+    let sock = socket2::SockRef::from(io);
     loop {
         ready!(io.poll_write_ready(cx))?;
-        let sock = socket2::SockRef::from(io);
         match io.try_io(Interest::WRITABLE, || wr.write(&sock, buf)) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             r => return Poll::Ready(r),

@@ -19,8 +19,9 @@ pub enum Network {
     Tcp6,
     /// Unix stream socket; the address is a filesystem path.
     Unix,
-    /// Unix seqpacket socket. Not supported yet: connecting or listening
-    /// with it fails with `Unsupported` (see the crate docs).
+    /// Unix seqpacket socket (`SOCK_SEQPACKET`); the address is a
+    /// filesystem path. The byte stream travels in messages of at most
+    /// 64 KiB (see `net::SEQPACKET_MESSAGE_MAX`).
     Unixpacket,
 }
 

@@ -49,9 +49,10 @@
 //! its thread stalls its session, so hand CPU-heavy or blocking work to a
 //! thread pool (`blocking::unblock`, `async_std::task::spawn_blocking`).
 //!
-//! `unixpacket` is accepted in the config but not supported yet: it needs a
-//! seqpacket socket type std does not have; dialing or listening with it
-//! fails with `Unsupported`.
+//! Networks: `tcp`, `tcp4`, `tcp6`, `unix` and `unixpacket` (a
+//! `SOCK_SEQPACKET` unix socket on async-io's reactor; see
+//! `teleport_peer::net::SeqPacket` for how a byte stream travels in its
+//! messages).
 #![warn(missing_docs)]
 
 mod conn;

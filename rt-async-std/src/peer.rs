@@ -164,6 +164,15 @@ impl Peer {
                     async move { Ok(connect(&cfg, &a, net::connect_unix).await?.0) }
                 }))
             }
+            #[cfg(unix)]
+            Network::Unixpacket => {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_unixpacket).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
+                    let cfg = cfg.clone();
+                    async move { Ok(connect(&cfg, &a, net::connect_unixpacket).await?.0) }
+                }))
+            }
+            #[cfg(not(unix))]
             other => Err(PeerCore::dial_error(
                 addr,
                 teleport_peer::net::unsupported_network(other),
@@ -228,6 +237,19 @@ impl Peer {
                     }
                 }))
             }
+            #[cfg(unix)]
+            Network::Unixpacket => {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_unixpacket).await?;
+                let s = over(&tls, addr, s).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
+                    let (cfg, tls) = (cfg.clone(), tls.clone());
+                    async move {
+                        let s = connect(&cfg, &a, net::connect_unixpacket).await?.0;
+                        Ok(over(&tls, &a, s).await?)
+                    }
+                }))
+            }
+            #[cfg(not(unix))]
             other => Err(PeerCore::dial_error(
                 addr,
                 teleport_peer::net::unsupported_network(other),
@@ -295,6 +317,20 @@ impl Peer {
                 });
                 Ok(addr)
             }
+            #[cfg(unix)]
+            Network::Unixpacket => {
+                let l = Arc::new(net::bind_unixpacket_listener(&cfg)?);
+                let addr = PeerAddr::Unix(cfg.listen_address.clone());
+                let cfg = Arc::new(cfg);
+                self.serve_listener(addr.clone(), proto, tls, move || {
+                    let (l, cfg) = (l.clone(), cfg.clone());
+                    Box::pin(
+                        async move { net::accept_unixpacket(&l, &cfg.listen_address, &cfg).await },
+                    )
+                });
+                Ok(addr)
+            }
+            #[cfg(not(unix))]
             other => Err(teleport_peer::net::unsupported_network(other)),
         }
     }

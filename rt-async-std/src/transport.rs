@@ -163,3 +163,33 @@ impl Connection for Async<std::os::unix::net::UnixStream> {
         split_socket(self)
     }
 }
+
+#[cfg(unix)]
+impl ConnWrite for crate::net::UnixPacketWrite {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::net::UnixPacketWrite::try_write(self, buf)
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        crate::net::UnixPacketWrite::poll_write(self, cx, buf)
+    }
+
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        crate::net::UnixPacketWrite::poll_shutdown(self)
+    }
+}
+
+/// A `unixpacket` connection: callers write to it directly.
+#[cfg(unix)]
+impl Connection for crate::net::UnixPacket {
+    type Read = crate::net::UnixPacketRead;
+    type Write = crate::net::UnixPacketWrite;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}

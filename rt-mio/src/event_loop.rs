@@ -27,17 +27,23 @@ use teleport_peer::{
 };
 
 use crate::exec::{self, Home, Pool, Task};
-use crate::net::{self, Connected, Listener, Stream};
+use crate::net::{self, Connected, DialTls, ListenTls, Listener, Stream};
 
 const WAKER: Token = Token(usize::MAX);
 /// Listener tokens start here; connections use the slab keys below.
 const LISTENER_BASE: usize = usize::MAX / 2;
 /// Tokens of lingering connections start here (below the listeners').
 const LINGER_BASE: usize = usize::MAX / 4;
+/// Tokens of accepted connections in their TLS handshake start here (below
+/// the lingering ones').
+#[cfg(feature = "tls")]
+const HANDSHAKE_BASE: usize = usize::MAX / 8;
 /// Reads (of [`READ_CHUNK`]) per connection per turn, so one fast sender
 /// cannot starve the others.
 const READ_BUDGET: usize = 16;
-const READ_CHUNK: usize = 64 << 10;
+/// One read's worth: what every adapter reads at once, so a `unixpacket`
+/// message (at most this) always arrives whole.
+const READ_CHUNK: usize = teleport_peer::net::READ_CHUNK;
 /// Connections accepted per listener per turn.
 const ACCEPT_BUDGET: usize = 128;
 /// Wait after an accept error (out of descriptors, say): do not spin.
@@ -50,8 +56,8 @@ pub(crate) enum Msg {
     /// A session's new connection after a re-dial, with the command that
     /// triggered it.
     Redialed(Box<Pending>, Vec<Command>),
-    /// Serve a bound listener, its sessions with this proto.
-    Listen(Listener, Option<ProtoFunc>),
+    /// Serve a bound listener, its sessions with this proto (and TLS).
+    Listen(Listener, Option<ProtoFunc>, ListenTls),
     /// Drop a session at once (shutdown timed out).
     Abort(u64),
     /// A handler finished on a worker.
@@ -74,6 +80,8 @@ pub(crate) struct Pending {
     driver: Driver,
     stream: Stream,
     slot: Arc<Slot>,
+    /// The TLS its re-dials speak.
+    tls: DialTls,
 }
 
 impl Pending {
@@ -190,6 +198,7 @@ pub(crate) fn new_session(
             driver,
             stream: c.stream,
             slot,
+            tls: c.tls,
         }));
         abort_hook(shared, id)
     })
@@ -219,6 +228,8 @@ struct Conn {
     tasks: Slab<Arc<Task>>,
     /// The session ended: flushing its last bytes until the instant.
     closing: Option<(CloseReason, Instant)>,
+    /// The TLS its re-dials speak.
+    tls: DialTls,
 }
 
 /// A dialed session whose connection broke, waiting for its next use to
@@ -227,11 +238,13 @@ struct Broken {
     driver: Driver,
     slot: Arc<Slot>,
     addr: String,
+    tls: DialTls,
 }
 
 struct Listening {
     listener: Listener,
     proto: Option<ProtoFunc>,
+    tls: ListenTls,
     ready: bool,
     retry_at: Option<Instant>,
 }
@@ -260,6 +273,15 @@ pub(crate) struct EventLoop {
     lingering: Slab<Lingering>,
     /// (deadline, lingering connection).
     linger_timers: BTreeSet<(Instant, usize)>,
+    /// Accepted connections in their TLS handshake.
+    #[cfg(feature = "tls")]
+    handshakes: Slab<crate::tls::Handshake>,
+    /// (deadline, handshake).
+    #[cfg(feature = "tls")]
+    handshake_timers: BTreeSet<(Instant, usize)>,
+    /// Handshakes whose socket is ready.
+    #[cfg(feature = "tls")]
+    handshakes_ready: Vec<usize>,
     /// (deadline, connection): the earliest is the poll timeout.
     timers: BTreeSet<(Instant, usize)>,
     touched: Vec<usize>,
@@ -348,6 +370,12 @@ impl EventLoop {
             listeners: Slab::new(),
             lingering: Slab::new(),
             linger_timers: BTreeSet::new(),
+            #[cfg(feature = "tls")]
+            handshakes: Slab::new(),
+            #[cfg(feature = "tls")]
+            handshake_timers: BTreeSet::new(),
+            #[cfg(feature = "tls")]
+            handshakes_ready: Vec::new(),
             timers: BTreeSet::new(),
             touched: Vec::new(),
             again: Vec::new(),
@@ -383,6 +411,8 @@ impl EventLoop {
                 self.close_listeners();
             }
             self.accept(now);
+            #[cfg(feature = "tls")]
+            self.handshake(now);
             self.expire(now);
             self.drain_lingering(now);
             for key in std::mem::take(&mut self.again) {
@@ -412,6 +442,10 @@ impl EventLoop {
         if let Some(&(l, _)) = self.linger_timers.first() {
             at = Some(at.map_or(l, |a| a.min(l)));
         }
+        #[cfg(feature = "tls")]
+        if let Some(&(h, _)) = self.handshake_timers.first() {
+            at = Some(at.map_or(h, |a| a.min(h)));
+        }
         for (_, l) in &self.listeners {
             if let Some(r) = l.retry_at {
                 at = Some(at.map_or(r, |a| a.min(r)));
@@ -427,6 +461,10 @@ impl EventLoop {
             listeners,
             lingering,
             touched,
+            #[cfg(feature = "tls")]
+            handshakes,
+            #[cfg(feature = "tls")]
+            handshakes_ready,
             ..
         } = self;
         for ev in events.iter() {
@@ -443,6 +481,19 @@ impl EventLoop {
             if t >= LINGER_BASE {
                 if let Some(l) = lingering.get_mut(t - LINGER_BASE) {
                     l.readable = true;
+                }
+                continue;
+            }
+            #[cfg(feature = "tls")]
+            if t >= HANDSHAKE_BASE {
+                if let Some(h) = handshakes.get_mut(t - HANDSHAKE_BASE) {
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        h.readable = true;
+                    }
+                    if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                        h.writable = true;
+                    }
+                    handshakes_ready.push(t - HANDSHAKE_BASE);
                 }
                 continue;
             }
@@ -469,7 +520,7 @@ impl EventLoop {
             match msg {
                 Msg::Open(p) => self.insert(*p, Vec::new(), now),
                 Msg::Redialed(p, backlog) => self.insert(*p, backlog, now),
-                Msg::Listen(l, proto) => self.add_listener(l, proto),
+                Msg::Listen(l, proto, tls) => self.add_listener(l, proto, tls),
                 Msg::Abort(id) => self.abort(id),
                 Msg::Done {
                     conn,
@@ -520,6 +571,7 @@ impl EventLoop {
             mut driver,
             mut stream,
             slot,
+            tls,
         } = p;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -553,12 +605,13 @@ impl EventLoop {
             armed: None,
             tasks: Slab::new(),
             closing: None,
+            tls,
         });
         self.ids.insert(id, key);
         touch(&mut self.conns, &mut self.touched, key);
     }
 
-    fn add_listener(&mut self, mut listener: Listener, proto: Option<ProtoFunc>) {
+    fn add_listener(&mut self, mut listener: Listener, proto: Option<ProtoFunc>, tls: ListenTls) {
         if self.peer.is_shutting_down() {
             tracing::info!("listener closed");
             return;
@@ -574,6 +627,7 @@ impl EventLoop {
                 entry.insert(Listening {
                     listener,
                     proto,
+                    tls,
                     ready: true,
                     retry_at: None,
                 });
@@ -587,6 +641,14 @@ impl EventLoop {
             let _ = self.poll.registry().deregister(&mut l.listener);
             tracing::info!("listener closed");
         }
+        // Handshakes not done are connections not accepted yet.
+        #[cfg(feature = "tls")]
+        {
+            for mut h in self.handshakes.drain() {
+                let _ = self.poll.registry().deregister(&mut h.stream);
+            }
+            self.handshake_timers.clear();
+        }
     }
 
     fn accept(&mut self, now: Instant) {
@@ -599,7 +661,7 @@ impl EventLoop {
             l.retry_at = None;
             for _ in 0..ACCEPT_BUDGET {
                 match l.listener.accept(cfg) {
-                    Ok(c) => accepted.push((c, l.proto.clone())),
+                    Ok(c) => accepted.push((c, l.proto.clone(), l.tls.clone())),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         l.ready = false;
                         break;
@@ -617,7 +679,17 @@ impl EventLoop {
                 }
             }
         }
-        for (c, proto) in accepted {
+        for (c, proto, tls) in accepted {
+            match tls {
+                None => {}
+                #[cfg(feature = "tls")]
+                Some(acceptor) => {
+                    self.start_handshake(c, proto, &acceptor, now);
+                    continue;
+                }
+                #[cfg(not(feature = "tls"))]
+                Some(never) => match never {},
+            }
             let mut pending = None;
             let conn =
                 SessionStart::new(c.remote.clone(), c.local.clone(), Role::Acceptor).proto(proto);
@@ -626,6 +698,94 @@ impl EventLoop {
                 self.insert(*p, Vec::new(), now);
             }
         }
+    }
+
+    /// Takes an accepted connection into its TLS handshake, driven by the
+    /// loop from now on.
+    #[cfg(feature = "tls")]
+    fn start_handshake(
+        &mut self,
+        c: Connected,
+        proto: Option<ProtoFunc>,
+        acceptor: &teleport_peer::tls::TlsAcceptor,
+        now: Instant,
+    ) {
+        let remote = c.remote.clone();
+        let mut h = match crate::tls::Handshake::new(c, acceptor, proto, now) {
+            Ok(h) => h,
+            Err((_, e)) => {
+                tracing::warn!(%remote, error = %e, "TLS handshake failed");
+                return;
+            }
+        };
+        let entry = self.handshakes.vacant_entry();
+        let key = entry.key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut h.stream, Token(HANDSHAKE_BASE + key), interest)
+        {
+            tracing::warn!(%remote, error = %e, "could not register the connection");
+            return;
+        }
+        self.handshake_timers.insert((h.until, key));
+        entry.insert(h);
+        self.handshakes_ready.push(key);
+    }
+
+    /// Gives up the handshakes whose time is up, and moves on those whose
+    /// socket is ready: a finished one starts its session, a failed one is
+    /// logged and let go. The listener serves on either way.
+    #[cfg(feature = "tls")]
+    fn handshake(&mut self, now: Instant) {
+        use crate::tls::Progress;
+        while let Some(&(at, key)) = self.handshake_timers.first() {
+            if at > now {
+                break;
+            }
+            self.handshake_timers.pop_first();
+            if let Some(mut h) = self.handshakes.try_remove(key) {
+                let _ = self.poll.registry().deregister(&mut h.stream);
+                let e = teleport_peer::tls::TlsError::Timeout(h.timeout);
+                tracing::warn!(remote = %h.remote, error = %e, "TLS handshake failed");
+                let mut stream = h.fail();
+                stream.shutdown_write();
+                self.linger(stream);
+            }
+        }
+        let mut ready = std::mem::take(&mut self.handshakes_ready);
+        for key in ready.drain(..) {
+            let Some(h) = self.handshakes.get_mut(key) else {
+                continue;
+            };
+            let failed = match h.advance() {
+                Progress::Waiting => continue,
+                Progress::Done => None,
+                Progress::Failed(e) => Some(e),
+            };
+            let mut h = self.handshakes.remove(key);
+            self.handshake_timers.remove(&(h.until, key));
+            let _ = self.poll.registry().deregister(&mut h.stream);
+            if let Some(e) = failed {
+                tracing::warn!(remote = %h.remote, error = %e, "TLS handshake failed");
+                let mut stream = h.fail();
+                stream.shutdown_write();
+                // Read what the other side still sends, so the alert is not
+                // lost to a reset.
+                self.linger(stream);
+                continue;
+            }
+            let (c, proto) = h.into_connected();
+            let mut pending = None;
+            let conn =
+                SessionStart::new(c.remote.clone(), c.local.clone(), Role::Acceptor).proto(proto);
+            new_session(&self.peer, &self.shared, c, conn, |p| pending = Some(p));
+            if let Some(p) = pending {
+                self.insert(*p, Vec::new(), now);
+            }
+        }
+        self.handshakes_ready = ready;
     }
 
     fn expire(&mut self, now: Instant) {
@@ -817,6 +977,10 @@ impl EventLoop {
                 break;
             }
         }
+        if c.wbuf.is_empty() {
+            // Everything is written: TLS says the end is meant.
+            c.stream.begin_close();
+        }
         if c.writable && !failed && c.stream.wants_write() {
             match c.stream.flush() {
                 Ok(()) => {}
@@ -894,6 +1058,7 @@ impl EventLoop {
                     driver: c.driver,
                     slot: c.slot,
                     addr,
+                    tls: c.tls,
                 };
                 if !b.driver.has_commands() {
                     self.broken.insert(id, b);
@@ -1038,17 +1203,20 @@ fn redial(b: Broken, cfg: &PeerConfig, shared: &Weak<LoopShared>) {
         mut driver,
         slot,
         addr,
+        tls,
     } = b;
     let mut backlog = Vec::new();
-    let stream = exec::block_on(driver.redial_when_used(
-        &addr,
-        &mut backlog,
-        &|a| std::future::ready(net::connect(cfg, &a).map(|c| c.stream)),
-        &|wait| {
+    // A connect and, for a TLS dial, its handshake.
+    let connect = |a: String| {
+        let c = net::connect(cfg, &a, &tls).map_err(io::Error::from);
+        std::future::ready(c.map(|c| c.stream))
+    };
+    let stream = exec::block_on(
+        driver.redial_when_used(&addr, &mut backlog, &connect, &|wait| {
             thread::sleep(wait);
             std::future::ready(())
-        },
-    ));
+        }),
+    );
     let Some(stream) = stream else {
         driver.finish();
         return;
@@ -1058,6 +1226,7 @@ fn redial(b: Broken, cfg: &PeerConfig, shared: &Weak<LoopShared>) {
             driver,
             stream,
             slot,
+            tls,
         }),
         backlog,
     );

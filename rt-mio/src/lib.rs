@@ -42,8 +42,18 @@
 //! await runtime-independent things (a session's async calls, channels),
 //! not a runtime's timers or sockets.
 //!
-//! `unixpacket` is accepted in the config but not supported yet; dialing or
-//! listening with it fails with `Unsupported`.
+//! Networks: `tcp`, `tcp4`, `tcp6`, `unix` and `unixpacket` (a
+//! `SOCK_SEQPACKET` unix socket; see `teleport_peer::net::SeqPacket` for
+//! how a byte stream travels in its messages).
+//!
+//! With the feature `tls`, a listener serves TLS and a dial speaks it
+//! (`PeerBuilder::listen_tls` / `dial_tls`, the config's `listen_tls` /
+//! `dial_tls` files, or per listener and dial in `ListenOptions` /
+//! `DialOptions`): rustls with its ring provider, driven by the poll loop
+//! itself. A dial's handshake runs on the dialing thread before
+//! [`Peer::dial`] returns, and fails with a typed `DialError::Tls`; an
+//! accepted connection's handshake runs on the loop, and one that fails or
+//! times out is logged while the listener serves on.
 #![warn(missing_docs)]
 
 mod event_loop;
@@ -52,6 +62,8 @@ mod net;
 mod peer;
 mod session;
 mod sync;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use net::MioStream;
 pub use peer::{default_workers, Peer};

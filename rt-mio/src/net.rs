@@ -1,14 +1,19 @@
-//! Sockets: TCP and Unix streams and listeners as mio sources. Connecting
-//! blocks the calling thread (never the poll loop's); the stream is then
-//! made non-blocking and handed to the loop.
+//! Sockets: TCP, unix and unixpacket streams and listeners as mio
+//! sources, and TLS over any of them. Connecting (and a dial's TLS
+//! handshake) blocks the calling thread, never the poll loop's; the
+//! stream is then made non-blocking and handed to the loop. What is the
+//! same on every runtime (sockets made with their options, seqpacket
+//! messages) is `teleport_peer::net`'s.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
-use teleport_peer::net::{clear_stale_unix_socket, fit_family, tune_socket, unsupported_network};
-use teleport_peer::{Network, PeerAddr, PeerConfig};
+#[cfg(unix)]
+use teleport_peer::net::{clear_stale_unix_socket, set_buffer_sizes, SeqPacket};
+use teleport_peer::net::{connect_tcp_blocking, fit_family};
+use teleport_peer::{DialError, Network, PeerAddr, PeerConfig, PeerCore};
 
 /// A connection the poll loop can run a session over, besides its own TCP
 /// and unix streams: a TLS stream, or one of the user's (see
@@ -33,6 +38,10 @@ pub(crate) enum Stream {
     Tcp(mio::net::TcpStream),
     #[cfg(unix)]
     Unix(mio::net::UnixStream),
+    #[cfg(unix)]
+    Packet(PacketStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::TlsStream>),
     Custom(Box<dyn MioStream>),
 }
 
@@ -42,16 +51,41 @@ impl std::fmt::Debug for Stream {
             Stream::Tcp(s) => s.fmt(f),
             #[cfg(unix)]
             Stream::Unix(s) => s.fmt(f),
+            #[cfg(unix)]
+            Stream::Packet(s) => s.fmt(f),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => f.write_str("Stream::Tls"),
             Stream::Custom(_) => f.write_str("Stream::Custom"),
         }
     }
 }
 
-/// A stream and both ends' addresses.
+/// The TLS connector a dial uses (and its re-dials): none without the
+/// `tls` feature.
+#[cfg(feature = "tls")]
+pub(crate) type DialTls = Option<teleport_peer::tls::TlsConnector>;
+#[cfg(not(feature = "tls"))]
+pub(crate) type DialTls = Option<NoTls>;
+
+/// The TLS acceptor a listener serves with: none without the `tls`
+/// feature.
+#[cfg(feature = "tls")]
+pub(crate) type ListenTls = Option<teleport_peer::tls::TlsAcceptor>;
+#[cfg(not(feature = "tls"))]
+pub(crate) type ListenTls = Option<NoTls>;
+
+/// Without the `tls` feature there is no TLS to dial or serve with.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone)]
+pub(crate) enum NoTls {}
+
+/// A stream and both ends' addresses, and for a dialed one the TLS its
+/// re-dials speak.
 pub(crate) struct Connected {
     pub(crate) stream: Stream,
     pub(crate) remote: PeerAddr,
     pub(crate) local: PeerAddr,
+    pub(crate) tls: DialTls,
 }
 
 impl Stream {
@@ -60,6 +94,13 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
             #[cfg(unix)]
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            #[cfg(unix)]
+            Stream::Packet(s) => s.0.socket().shutdown(std::net::Shutdown::Write),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => {
+                s.shutdown_write();
+                Ok(())
+            }
             Stream::Custom(s) => s.shutdown_write(),
         };
     }
@@ -68,8 +109,19 @@ impl Stream {
     /// [`MioStream::wants_write`]).
     pub(crate) fn wants_write(&self) -> bool {
         match self {
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.wants_write(),
             Stream::Custom(s) => s.wants_write(),
             _ => false,
+        }
+    }
+
+    /// The session is over and its last bytes are written: a TLS stream
+    /// queues its close_notify (written by the flushes that follow).
+    pub(crate) fn begin_close(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(s) = self {
+            s.begin_close();
         }
     }
 }
@@ -80,6 +132,10 @@ impl Read for Stream {
             Stream::Tcp(s) => s.read(buf),
             #[cfg(unix)]
             Stream::Unix(s) => s.read(buf),
+            #[cfg(unix)]
+            Stream::Packet(s) => s.0.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
             Stream::Custom(s) => s.read(buf),
         }
     }
@@ -91,11 +147,32 @@ impl Write for Stream {
             Stream::Tcp(s) => s.write(buf),
             #[cfg(unix)]
             Stream::Unix(s) => s.write(buf),
+            #[cfg(unix)]
+            Stream::Packet(s) => s.0.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
             Stream::Custom(s) => s.write(buf),
         }
     }
+
+    /// Gathered writes where the socket takes them (TLS writes its records
+    /// this way); a seqpacket message is one buffer.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.write_vectored(bufs),
+            other => {
+                let first = bufs.iter().find(|b| !b.is_empty());
+                other.write(first.map_or(&[][..], |b| &b[..]))
+            }
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         match self {
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.flush(),
             Stream::Custom(s) => s.flush(),
             _ => Ok(()),
         }
@@ -108,6 +185,10 @@ impl Source for Stream {
             Stream::Tcp(s) => s.register(r, t, i),
             #[cfg(unix)]
             Stream::Unix(s) => s.register(r, t, i),
+            #[cfg(unix)]
+            Stream::Packet(s) => s.register(r, t, i),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.io_mut().register(r, t, i),
             Stream::Custom(s) => s.register(r, t, i),
         }
     }
@@ -116,6 +197,10 @@ impl Source for Stream {
             Stream::Tcp(s) => s.reregister(r, t, i),
             #[cfg(unix)]
             Stream::Unix(s) => s.reregister(r, t, i),
+            #[cfg(unix)]
+            Stream::Packet(s) => s.reregister(r, t, i),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.io_mut().reregister(r, t, i),
             Stream::Custom(s) => s.reregister(r, t, i),
         }
     }
@@ -124,8 +209,65 @@ impl Source for Stream {
             Stream::Tcp(s) => s.deregister(r),
             #[cfg(unix)]
             Stream::Unix(s) => s.deregister(r),
+            #[cfg(unix)]
+            Stream::Packet(s) => s.deregister(r),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.io_mut().deregister(r),
             Stream::Custom(s) => s.deregister(r),
         }
+    }
+}
+
+/// A `unixpacket` connection as a mio source; reads and writes follow
+/// `teleport_peer::net::SeqPacket`'s message rules (the loop reads
+/// [`READ_CHUNK`](teleport_peer::net::READ_CHUNK) at a time, whole
+/// messages).
+#[cfg(unix)]
+#[derive(Debug)]
+pub(crate) struct PacketStream(SeqPacket);
+
+#[cfg(unix)]
+impl PacketStream {
+    /// A connected, non-blocking seqpacket socket.
+    fn new(sock: socket2::Socket) -> io::Result<Self> {
+        Ok(PacketStream(SeqPacket::new(sock)?))
+    }
+}
+
+#[cfg(unix)]
+impl Source for PacketStream {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.0.socket().as_raw_fd()).register(r, t, i)
+    }
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.0.socket().as_raw_fd()).reregister(r, t, i)
+    }
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.0.socket().as_raw_fd()).deregister(r)
+    }
+}
+
+/// A `unixpacket` listener as a mio source.
+#[cfg(unix)]
+#[derive(Debug)]
+pub(crate) struct PacketListener(socket2::Socket);
+
+#[cfg(unix)]
+impl Source for PacketListener {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.0.as_raw_fd()).register(r, t, i)
+    }
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.0.as_raw_fd()).reregister(r, t, i)
+    }
+    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        mio::unix::SourceFd(&self.0.as_raw_fd()).deregister(r)
     }
 }
 
@@ -149,57 +291,166 @@ fn resolve(network: Network, addr: &str) -> io::Result<Vec<SocketAddr>> {
     fit_family(network, addr, addr.to_socket_addrs()?)
 }
 
-/// Dials `addr` on the configured network, blocking this thread.
-pub(crate) fn connect(cfg: &PeerConfig, addr: &str) -> io::Result<Connected> {
-    match cfg.network {
+/// What a failed connect to `addr` becomes.
+fn dial_error(cfg: &PeerConfig, addr: &str, e: io::Error) -> DialError {
+    match e.kind() {
+        io::ErrorKind::TimedOut => DialError::Timeout {
+            addr: addr.to_string(),
+            after: cfg.dial_timeout.unwrap_or_default(),
+        },
+        _ => PeerCore::dial_error(addr, e),
+    }
+}
+
+/// A blocking stream just connected, on its way to the loop: the TLS
+/// handshake (if the dial speaks TLS) runs over it before it is made
+/// non-blocking.
+pub(crate) trait Dialed: Read + Write {
+    /// Bounds each blocking read (`read`) or write to `t`.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    fn set_timeout(&self, read: bool, t: std::time::Duration) -> io::Result<()>;
+    /// Non-blocking, as the loop's stream.
+    fn into_stream(self) -> io::Result<Stream>;
+}
+
+impl Dialed for std::net::TcpStream {
+    fn set_timeout(&self, read: bool, t: std::time::Duration) -> io::Result<()> {
+        match read {
+            true => self.set_read_timeout(Some(t)),
+            false => self.set_write_timeout(Some(t)),
+        }
+    }
+    fn into_stream(self) -> io::Result<Stream> {
+        self.set_nonblocking(true)?;
+        Ok(Stream::Tcp(mio::net::TcpStream::from_std(self)))
+    }
+}
+
+#[cfg(unix)]
+impl Dialed for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, read: bool, t: std::time::Duration) -> io::Result<()> {
+        match read {
+            true => self.set_read_timeout(Some(t)),
+            false => self.set_write_timeout(Some(t)),
+        }
+    }
+    fn into_stream(self) -> io::Result<Stream> {
+        self.set_nonblocking(true)?;
+        Ok(Stream::Unix(mio::net::UnixStream::from_std(self)))
+    }
+}
+
+#[cfg(unix)]
+impl Dialed for SeqPacket {
+    fn set_timeout(&self, read: bool, t: std::time::Duration) -> io::Result<()> {
+        match read {
+            true => self.socket().set_read_timeout(Some(t)),
+            false => self.socket().set_write_timeout(Some(t)),
+        }
+    }
+    fn into_stream(self) -> io::Result<Stream> {
+        self.socket().set_nonblocking(true)?;
+        Ok(Stream::Packet(PacketStream(self)))
+    }
+}
+
+/// The dialed stream as the loop's, after the TLS handshake if `tls`.
+fn finish_dial(
+    cfg: &PeerConfig,
+    addr: &str,
+    s: impl Dialed,
+    tls: &DialTls,
+) -> Result<Stream, DialError> {
+    match tls {
+        None => s.into_stream().map_err(|e| dial_error(cfg, addr, e)),
+        #[cfg(feature = "tls")]
+        Some(tls) => {
+            let mut s = s;
+            let conn = crate::tls::client_handshake(tls, addr, &mut s).map_err(|source| {
+                DialError::Tls {
+                    addr: addr.to_string(),
+                    source,
+                }
+            })?;
+            let io = s.into_stream().map_err(|e| dial_error(cfg, addr, e))?;
+            Ok(Stream::Tls(Box::new(crate::tls::TlsStream::new(io, conn))))
+        }
+        #[cfg(not(feature = "tls"))]
+        Some(never) => match *never {},
+    }
+}
+
+/// Dials `addr` on the configured network, blocking this thread: the
+/// connect within the configured `dial_timeout`, the TLS handshake (with
+/// `tls`) within the connector's handshake timeout.
+pub(crate) fn connect(cfg: &PeerConfig, addr: &str, tls: &DialTls) -> Result<Connected, DialError> {
+    let err = |e| dial_error(cfg, addr, e);
+    let (stream, remote, local) = match cfg.network {
         Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
             let mut last = None;
-            for a in resolve(cfg.network, addr)? {
-                let connected = match cfg.dial_timeout {
-                    Some(t) => std::net::TcpStream::connect_timeout(&a, t),
-                    None => std::net::TcpStream::connect(a),
-                };
-                match connected {
+            let mut dialed = None;
+            for a in resolve(cfg.network, addr).map_err(err)? {
+                match connect_tcp_blocking(cfg, a) {
                     Ok(s) => {
-                        tune_socket(socket2::SockRef::from(&s), cfg, true)?;
-                        s.set_nonblocking(true)?;
-                        let local = PeerAddr::Tcp(s.local_addr()?);
-                        return Ok(Connected {
-                            stream: Stream::Tcp(mio::net::TcpStream::from_std(s)),
-                            remote: PeerAddr::Tcp(a),
-                            local,
-                        });
+                        dialed = Some((s, a));
+                        break;
                     }
                     Err(e) => last = Some(e),
                 }
             }
-            Err(last.unwrap_or_else(|| io::Error::other("no address to dial")))
+            let Some((s, a)) = dialed else {
+                return Err(err(
+                    last.unwrap_or_else(|| io::Error::other("no address to dial"))
+                ));
+            };
+            let local = PeerAddr::Tcp(s.local_addr().map_err(err)?);
+            (finish_dial(cfg, addr, s, tls)?, PeerAddr::Tcp(a), local)
         }
         #[cfg(unix)]
         Network::Unix => {
-            let s = std::os::unix::net::UnixStream::connect(addr)?;
-            tune_socket(socket2::SockRef::from(&s), cfg, false)?;
-            s.set_nonblocking(true)?;
-            Ok(Connected {
-                stream: Stream::Unix(mio::net::UnixStream::from_std(s)),
-                remote: PeerAddr::Unix(addr.into()),
-                local: PeerAddr::Unix(String::new()),
-            })
+            let s = std::os::unix::net::UnixStream::connect(addr).map_err(err)?;
+            set_buffer_sizes((&s).into(), cfg).map_err(err)?;
+            let stream = finish_dial(cfg, addr, s, tls)?;
+            (
+                stream,
+                PeerAddr::Unix(addr.into()),
+                PeerAddr::Unix(String::new()),
+            )
         }
-        other => Err(unsupported_network(other)),
-    }
+        #[cfg(unix)]
+        Network::Unixpacket => {
+            let sock = teleport_peer::net::connect_seqpacket_blocking(cfg, addr).map_err(err)?;
+            let s = SeqPacket::new(sock).map_err(err)?;
+            let stream = finish_dial(cfg, addr, s, tls)?;
+            (
+                stream,
+                PeerAddr::Unix(addr.into()),
+                PeerAddr::Unix(String::new()),
+            )
+        }
+        #[cfg(not(unix))]
+        other => return Err(err(teleport_peer::net::unsupported_network(other))),
+    };
+    Ok(Connected {
+        stream,
+        remote,
+        local,
+        tls: tls.clone(),
+    })
 }
 
-/// A bound, non-blocking listener of either kind.
+/// A bound, non-blocking listener of any kind.
 #[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(mio::net::TcpListener),
     #[cfg(unix)]
     Unix(mio::net::UnixListener, String),
+    #[cfg(unix)]
+    Packet(PacketListener, String),
 }
 
 #[cfg(unix)]
-delegate_source!(Listener, Tcp, Unix);
+delegate_source!(Listener, Tcp, Unix, Packet);
 #[cfg(not(unix))]
 delegate_source!(Listener, Tcp);
 
@@ -209,7 +460,7 @@ impl Listener {
         match cfg.network {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
                 let addrs = resolve(cfg.network, &cfg.listen_address)?;
-                let l = teleport_peer::net::bind_tcp(&addrs)?;
+                let l = teleport_peer::net::bind_tcp(cfg, &addrs)?;
                 Ok(Listener::Tcp(mio::net::TcpListener::from_std(l)))
             }
             #[cfg(unix)]
@@ -218,7 +469,16 @@ impl Listener {
                 clear_stale_unix_socket(&path)?;
                 Ok(Listener::Unix(mio::net::UnixListener::bind(&path)?, path))
             }
-            other => Err(unsupported_network(other)),
+            #[cfg(unix)]
+            Network::Unixpacket => {
+                let l = teleport_peer::net::bind_seqpacket(cfg)?;
+                Ok(Listener::Packet(
+                    PacketListener(l),
+                    cfg.listen_address.clone(),
+                ))
+            }
+            #[cfg(not(unix))]
+            other => Err(teleport_peer::net::unsupported_network(other)),
         }
     }
 
@@ -226,7 +486,7 @@ impl Listener {
         match self {
             Listener::Tcp(l) => Ok(PeerAddr::Tcp(l.local_addr()?)),
             #[cfg(unix)]
-            Listener::Unix(_, p) => Ok(PeerAddr::Unix(p.clone())),
+            Listener::Unix(_, p) | Listener::Packet(_, p) => Ok(PeerAddr::Unix(p.clone())),
         }
     }
 
@@ -235,24 +495,123 @@ impl Listener {
         match self {
             Listener::Tcp(l) => {
                 let (s, remote) = l.accept()?;
-                tune_socket(socket2::SockRef::from(&s), cfg, true)?;
+                // The buffer sizes it has from the listener.
+                teleport_peer::net::accepted_tcp((&s).into())?;
                 let local = PeerAddr::Tcp(s.local_addr()?);
                 Ok(Connected {
                     stream: Stream::Tcp(s),
                     remote: PeerAddr::Tcp(remote),
                     local,
+                    tls: None,
                 })
             }
             #[cfg(unix)]
             Listener::Unix(l, path) => {
                 let (s, _) = l.accept()?;
-                tune_socket(socket2::SockRef::from(&s), cfg, false)?;
+                set_buffer_sizes((&s).into(), cfg)?;
                 Ok(Connected {
                     stream: Stream::Unix(s),
                     remote: PeerAddr::Unix(String::new()),
                     local: PeerAddr::Unix(path.clone()),
+                    tls: None,
+                })
+            }
+            #[cfg(unix)]
+            Listener::Packet(l, path) => {
+                let s = teleport_peer::net::accept_seqpacket(&l.0, cfg)?;
+                Ok(Connected {
+                    stream: Stream::Packet(PacketStream::new(s)?),
+                    remote: PeerAddr::Unix(String::new()),
+                    local: PeerAddr::Unix(path.clone()),
+                    tls: None,
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffered(network: Network, listen: &str) -> PeerConfig {
+        PeerConfig {
+            network,
+            listen_address: listen.into(),
+            read_buffer_size: Some(150_000),
+            write_buffer_size: Some(9_000),
+            ..PeerConfig::default()
+        }
+    }
+
+    fn assert_buffers(sock: socket2::SockRef<'_>, what: &str) {
+        // Linux doubles what is set; at least what was asked either way.
+        let rcv = sock.recv_buffer_size().unwrap();
+        let snd = sock.send_buffer_size().unwrap();
+        assert!(rcv >= 150_000, "{what}: SO_RCVBUF {rcv}");
+        assert!((9_000..100_000).contains(&snd), "{what}: SO_SNDBUF {snd}");
+    }
+
+    fn sock_of(s: &Stream) -> socket2::SockRef<'_> {
+        match s {
+            Stream::Tcp(s) => s.into(),
+            #[cfg(unix)]
+            Stream::Packet(s) => s.0.socket().into(),
+            other => panic!("not a socket of ours: {other:?}"),
+        }
+    }
+
+    /// Accepts once, waiting for the dial to arrive.
+    fn accept_one(l: &Listener, cfg: &PeerConfig) -> Connected {
+        for _ in 0..1000 {
+            match l.accept(cfg) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                r => return r.unwrap(),
+            }
+        }
+        panic!("no connection to accept");
+    }
+
+    #[test]
+    fn dialed_and_accepted_tcp_sockets_have_the_buffer_sizes() {
+        let cfg = buffered(Network::Tcp4, "127.0.0.1:0");
+        let l = Listener::bind(&cfg).unwrap();
+        let Listener::Tcp(tl) = &l else { panic!() };
+        assert_buffers(tl.into(), "listener");
+        let addr = l.local_addr().unwrap().dial_string();
+        let dialed = connect(&cfg, &addr, &None).unwrap();
+        let accepted = accept_one(&l, &cfg);
+        assert_buffers(sock_of(&dialed.stream), "dialed");
+        assert_buffers(sock_of(&accepted.stream), "accepted");
+        assert!(sock_of(&dialed.stream).tcp_nodelay().unwrap());
+        assert!(sock_of(&accepted.stream).tcp_nodelay().unwrap());
+    }
+
+    #[test]
+    fn tcp6_listener_is_v6_only() {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("skipped: this machine has no IPv6 loopback ([::1] does not bind)");
+            return;
+        }
+        let l = Listener::bind(&buffered(Network::Tcp6, "[::1]:0")).unwrap();
+        let Listener::Tcp(tl) = &l else { panic!() };
+        assert!(socket2::SockRef::from(tl).only_v6().unwrap());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn unixpacket_sockets_have_the_buffer_sizes() {
+        let path = std::env::temp_dir().join(format!("tp-mio-net-{}.sock", std::process::id()));
+        let p = path.to_str().unwrap();
+        let cfg = buffered(Network::Unixpacket, p);
+        let l = Listener::bind(&cfg).unwrap();
+        let dialed = connect(&cfg, p, &None).unwrap();
+        let accepted = accept_one(&l, &cfg);
+        assert_buffers(sock_of(&dialed.stream), "dialed");
+        assert_buffers(sock_of(&accepted.stream), "accepted");
+        drop(l);
+        let _ = std::fs::remove_file(&path);
     }
 }

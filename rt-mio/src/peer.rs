@@ -105,23 +105,23 @@ impl Peer {
     }
 
     /// Dials `addr` (`host:port`, or a path for unix) and starts a session;
-    /// blocks while connecting. Refused (105 `Dial Failed`) while shutting
-    /// down or if the dial fails.
+    /// blocks while connecting, and while the TLS handshake runs when the
+    /// dial speaks TLS. Refused while shutting down; fails if the dial (or
+    /// its handshake) does, or takes longer than the configured
+    /// `dial_timeout` (the handshake: the connector's timeout).
     pub fn dial(&self, addr: &str) -> Result<Session, DialError> {
         self.dial_with(addr, DialOptions::default())
     }
 
-    /// [`Peer::dial`] with options (a proto of this dial's own).
+    /// [`Peer::dial`] with options (a proto or TLS of this dial's own).
     pub fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, DialError> {
         let core = &self.0.core;
         core.check_dial()?;
-        let c = crate::net::connect(core.config(), addr).map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => DialError::Timeout {
-                addr: addr.to_string(),
-                after: core.config().dial_timeout.unwrap_or_default(),
-            },
-            _ => PeerCore::dial_error(addr, e),
-        })?;
+        #[cfg(feature = "tls")]
+        let tls = opts.tls_for(core);
+        #[cfg(not(feature = "tls"))]
+        let tls = None;
+        let c = crate::net::connect(core.config(), addr, &tls)?;
         let conn = SessionStart::new(c.remote.clone(), c.local.clone(), Role::Dialer)
             .redial_at(addr)
             .proto(opts.proto_func());
@@ -141,6 +141,7 @@ impl Peer {
             stream: Stream::Custom(Box::new(stream)),
             remote,
             local,
+            tls: None,
         };
         self.open(c, conn)
     }
@@ -164,8 +165,10 @@ impl Peer {
         self.bind_with(ListenOptions::default())
     }
 
-    /// [`Peer::bind`] with options (another address, a proto of this
-    /// listener's own).
+    /// [`Peer::bind`] with options (another address, a proto or TLS of this
+    /// listener's own). A TLS listener's handshakes run on the poll loop,
+    /// each within the acceptor's timeout; one that fails is logged and the
+    /// listener serves on.
     pub fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
         let mut cfg = self.config().clone();
         if let Some(a) = opts.address_override() {
@@ -176,9 +179,24 @@ impl Peer {
         tracing::info!(%addr, "listening");
         self.0
             .shared
-            .post(Msg::Listen(listener, opts.proto_func()))
+            .post(Msg::Listen(
+                listener,
+                opts.proto_func(),
+                self.listen_tls(&opts),
+            ))
             .map_err(|_| io::Error::other("the peer's poll loop has ended"))?;
         Ok(addr)
+    }
+
+    /// The TLS a listener serves: its own, else the peer's.
+    fn listen_tls(&self, opts: &ListenOptions) -> crate::net::ListenTls {
+        #[cfg(feature = "tls")]
+        return opts.tls_for(&self.0.core);
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = opts;
+            None
+        }
     }
 
     /// Serves on the configured listen address, blocking until

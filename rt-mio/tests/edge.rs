@@ -1,6 +1,6 @@
 //! Edge cases: panics outside a handler's future and in push handlers,
 //! bodies that do not decode, `listen` blocking until shutdown, a stuck
-//! handler at shutdown, unix socket files, unsupported networks.
+//! handler at shutdown, unix socket files, address families.
 
 mod common;
 
@@ -175,20 +175,6 @@ fn unix_listener_replaces_a_stale_socket_file_not_a_live_one() {
             .pull::<_, String>("/echo", "unix")
     });
     assert_eq!(r.expect("pull").value, "unix");
-}
-
-#[test]
-fn unsupported_network_is_refused() {
-    let cfg = PeerConfig {
-        network: Network::Unixpacket,
-        listen_address: "/tmp/none".into(),
-        ..PeerConfig::default()
-    };
-    let peer = Peer::new(cfg).unwrap();
-    let e = peer.bind().expect_err("unixpacket");
-    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
-    let e = peer.dial("/tmp/none").expect_err("unixpacket");
-    assert_eq!(Rerror::from(e).code, Rerror::CODE_DIAL_FAILED);
 }
 
 #[test]

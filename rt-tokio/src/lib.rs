@@ -33,9 +33,10 @@
 //! }
 //! ```
 //!
-//! `unixpacket` is accepted in the config but not supported yet: it needs a
-//! seqpacket socket type tokio does not have; dialing or listening with it
-//! fails with `Unsupported`.
+//! Networks: `tcp`, `tcp4`, `tcp6`, `unix` and `unixpacket` (a
+//! `SOCK_SEQPACKET` unix socket on tokio's reactor; see
+//! `teleport_peer::net::SeqPacket` for how a byte stream travels in its
+//! messages).
 #![warn(missing_docs)]
 
 mod conn;

@@ -138,6 +138,15 @@ impl Peer {
                     async move { Ok(connect(&cfg, &a, net::connect_unix).await?.0) }
                 }))
             }
+            #[cfg(unix)]
+            Network::Unixpacket => {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_unixpacket).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
+                    let cfg = cfg.clone();
+                    async move { Ok(connect(&cfg, &a, net::connect_unixpacket).await?.0) }
+                }))
+            }
+            #[cfg(not(unix))]
             other => Err(PeerCore::dial_error(
                 addr,
                 teleport_peer::net::unsupported_network(other),
@@ -197,6 +206,19 @@ impl Peer {
                     }
                 }))
             }
+            #[cfg(unix)]
+            Network::Unixpacket => {
+                let (s, remote, local) = connect(&cfg, addr, net::connect_unixpacket).await?;
+                let s = over(&tls, addr, s).await?;
+                Ok(self.start(s, conn(remote, local), move |a| {
+                    let (cfg, tls) = (cfg.clone(), tls.clone());
+                    async move {
+                        let s = connect(&cfg, &a, net::connect_unixpacket).await?.0;
+                        Ok(over(&tls, &a, s).await?)
+                    }
+                }))
+            }
+            #[cfg(not(unix))]
             other => Err(PeerCore::dial_error(
                 addr,
                 teleport_peer::net::unsupported_network(other),
@@ -281,6 +303,26 @@ impl Peer {
                 });
                 Ok(addr)
             }
+            #[cfg(unix)]
+            Network::Unixpacket => {
+                let l = net::bind_unixpacket_listener(&cfg)?;
+                let path = cfg.listen_address.clone();
+                let addr = PeerAddr::Unix(path.clone());
+                tracing::info!(%addr, "listening");
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.wait_for(|s| *s).map(drop) => break,
+                            r = net::accept_unixpacket(&l, &path, &cfg) => {
+                                peer.accepted(r, &proto, &tls).await
+                            }
+                        }
+                    }
+                    tracing::info!("listener closed");
+                });
+                Ok(addr)
+            }
+            #[cfg(not(unix))]
             other => Err(teleport_peer::net::unsupported_network(other)),
         }
     }

@@ -143,6 +143,7 @@ fn a_megabyte_of_tiny_pairs_holds_its_stated_bound() {
 #[test]
 fn the_fast_proto_refuses_that_meta_without_building_it() {
     let mut src = frame_with_meta(&a_meta());
+    let frame_len = src.len();
     let mut proto = FastProto::default();
     let (r, _, peak) = measure(|| proto.decode(&mut src));
     assert_eq!(
@@ -152,9 +153,9 @@ fn the_fast_proto_refuses_that_meta_without_building_it() {
             limit: Meta::MAX_PAIRS
         })
     );
-    // The frame is split off the read buffer (a small shared handle) and
-    // counted; no pair is built.
-    assert!(peak < 1024, "{peak} bytes allocated");
+    // The frame (over 64 KiB, so copied into an allocation of its own rather
+    // than keeping the read buffer alive) is counted; no pair is built.
+    assert!(peak < frame_len + 1024, "{peak} bytes allocated");
 }
 
 #[test]

@@ -535,9 +535,10 @@ impl Driver {
     /// The session is over for good: queued commands fail, the registry
     /// forgets it, and `close()` callers return.
     pub fn finish(mut self) {
-        self.cmd_rx.close();
+        // The reason first: a call that finds the channel closed reads it.
         let refusal = closed_error(self.last_reason.as_ref());
         self.session.set_closed(self.last_reason.take());
+        self.cmd_rx.close();
         // Until the channel says no send is in flight: a caller that got in
         // before the close may still be adding its command, which must be
         // refused too, not left unanswered.

@@ -20,7 +20,7 @@ use teleport_peer::{
 
 use crate::executor::Executor;
 use crate::net;
-use crate::transport::{Connection, Io};
+use crate::transport::{Connection, ForTls, Io};
 
 /// How a listener's connections are accepted: TLS or not.
 #[cfg(feature = "tls")]
@@ -190,11 +190,11 @@ impl Peer {
         tls: TlsConnector,
         conn: impl FnOnce(PeerAddr, PeerAddr) -> SessionStart,
     ) -> Result<Session, DialError> {
-        async fn over<S: AsyncRead + AsyncWrite + Unpin>(
+        async fn over<S: ForTls>(
             tls: &TlsConnector,
             addr: &str,
             s: S,
-        ) -> Result<Io<futures_rustls::client::TlsStream<S>>, DialError> {
+        ) -> Result<Io<futures_rustls::client::TlsStream<S::Stream>>, DialError> {
             let err = |source| DialError::Tls {
                 addr: addr.to_string(),
                 source,
@@ -202,7 +202,7 @@ impl Peer {
             let name = tls.server_name_for(addr).map_err(err)?;
             let shown = name.to_str().into_owned();
             let connector = futures_rustls::TlsConnector::from(tls.config().clone());
-            let hs = async { Some(connector.connect(name, s).await) };
+            let hs = async { Some(connector.connect(name, s.for_tls()).await) };
             let timeout = async {
                 Timer::after(tls.handshake_timeout()).await;
                 None
@@ -344,7 +344,7 @@ impl Peer {
         tls: Option<ListenTls>,
         accept: A,
     ) where
-        S: Connection + AsyncRead + AsyncWrite + Unpin,
+        S: Connection + ForTls,
         A: Fn() -> BoxFuture<io::Result<net::Connected<S>>> + Send + Sync + 'static,
     {
         tracing::info!(%addr, "listening");
@@ -382,7 +382,7 @@ impl Peer {
     /// handshake (in a task of its own) when the listener serves TLS.
     fn accepted<S>(&self, stream: S, conn: SessionStart, tls: &Option<ListenTls>)
     where
-        S: Connection + AsyncRead + AsyncWrite + Unpin,
+        S: Connection + ForTls,
     {
         match tls {
             None => {
@@ -394,7 +394,7 @@ impl Peer {
                 self.exec.spawn(Box::pin(async move {
                     let remote = conn.remote.clone();
                     let acceptor = futures_rustls::TlsAcceptor::from(tls.config().clone());
-                    let hs = async { Some(acceptor.accept(stream).await) };
+                    let hs = async { Some(acceptor.accept(stream.for_tls()).await) };
                     let timeout = async {
                         Timer::after(tls.handshake_timeout()).await;
                         None

@@ -112,7 +112,7 @@ pub struct SocketWrite<T>(Arc<Async<T>>);
 
 impl<T> ConnWrite for SocketWrite<T>
 where
-    T: Send + Sync + 'static,
+    T: ShutdownWrite + Send + Sync + 'static,
     for<'a> &'a T: Write,
     for<'a> &'a Async<T>: AsyncWrite,
 {
@@ -128,8 +128,29 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.0).poll_close(cx)
+    /// Ends the writing side at once (async-io's own `poll_close` only
+    /// flushes, and the socket may live on a while: it lingers).
+    fn poll_shutdown(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.get_ref().shutdown_write())
+    }
+}
+
+/// A socket whose writing side can be shut down on its own.
+pub trait ShutdownWrite {
+    /// `shutdown(SHUT_WR)`: the peer reads everything sent, then the end.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl ShutdownWrite for std::net::TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+#[cfg(unix)]
+impl ShutdownWrite for std::os::unix::net::UnixStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -191,5 +212,78 @@ impl Connection for crate::net::UnixPacket {
 
     fn split(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+}
+
+/// A socket of async-io whose `close` also ends its writing side (async-io's
+/// own only flushes), so a TLS stream over it sends its end as soon as the
+/// session closes, not when the socket goes.
+#[derive(Debug)]
+pub struct EndOnClose<T>(pub Async<T>);
+
+impl<T> AsyncRead for EndOnClose<T>
+where
+    for<'a> &'a Async<T>: AsyncRead,
+    T: Unpin,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T> AsyncWrite for EndOnClose<T>
+where
+    for<'a> &'a Async<T>: AsyncWrite,
+    T: ShutdownWrite + Unpin,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut &self.0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.get_ref().shutdown_write())
+    }
+}
+
+/// A built-in socket as a TLS stream runs over it (see [`EndOnClose`]).
+pub trait ForTls: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The stream TLS runs over.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Readies the socket for TLS.
+    fn for_tls(self) -> Self::Stream;
+}
+
+impl ForTls for Async<std::net::TcpStream> {
+    type Stream = EndOnClose<std::net::TcpStream>;
+    fn for_tls(self) -> Self::Stream {
+        EndOnClose(self)
+    }
+}
+
+#[cfg(unix)]
+impl ForTls for Async<std::os::unix::net::UnixStream> {
+    type Stream = EndOnClose<std::os::unix::net::UnixStream>;
+    fn for_tls(self) -> Self::Stream {
+        EndOnClose(self)
+    }
+}
+
+#[cfg(unix)]
+impl ForTls for crate::net::UnixPacket {
+    type Stream = Self;
+    fn for_tls(self) -> Self {
+        self
     }
 }

@@ -925,7 +925,7 @@ impl EventLoop {
                     // Commands that came while we read go first: a close
                     // (a shutdown's, say) asked for before these bytes were
                     // sent must already hold when they are handled.
-                    if matches!(read, Ok(_)) && c.driver.has_commands() {
+                    if read.is_ok() && c.driver.has_commands() {
                         c.driver.take_commands(&mut c.core, now);
                     }
                     match read {

@@ -839,21 +839,57 @@ fn bodies(rt: Runtime, net: Net) {
 }
 
 /// Frames just under the read limit whose meta is `a&` repeated (about
-/// half a million one-byte keys each): four connections, two such pulls
-/// each, all answered.
+/// half a million one-byte keys each), on four connections at once: each
+/// is refused (`TooManyMetaPairs`, the connection closed without a reply)
+/// before a single pair is built. Then, on four more, two frames each with
+/// meta at the pair cap (`Meta::MAX_PAIRS` pairs of long keys, just under
+/// the read limit): all answered.
 ///
 /// The frame timeout is 10 s here: the attack is about memory, and a
 /// server busy decoding four such frames must not make the test depend on
 /// how fast it reads the others.
 ///
-/// Bound: a decoded packet may cost up to 16 times its frame, and four
-/// are handled at once: 4 × 16 × read_limit + SLACK.
+/// Bound: per connection, the frame in the input buffer (which grows by
+/// doubling: 2 × read_limit), its own copy once whole (read_limit), and
+/// the decoded meta (at most 2 × its length: 2 × read_limit):
+/// 4 × 5 × read_limit + SLACK.
 fn huge_meta(rt: Runtime, net: Net) {
     let config = base_config().replace("frame_timeout = \"1s\"", "frame_timeout = \"10s\"");
     let a = Arena::new("huge meta", rt, net, &config);
     let limit = READ_LIMIT as usize;
     let base = frame(&[], &payload(0, PULL, b"/echo/string", b"", STRING, b"m")).len();
-    let meta = b"a&".repeat((limit - base) / 2);
+    let tiny_pairs = b"a&".repeat((limit - base) / 2);
+    let results = on_threads(4, {
+        let addr = a.addr();
+        let label = a.label.clone();
+        let meta = tiny_pairs.clone();
+        move |t| {
+            let mut s = Raw::open(net, &addr);
+            let f = frame(&[], &payload(0, PULL, b"/echo/string", &meta, STRING, b"m"));
+            assert!(f.len() <= limit);
+            s.send(&f);
+            let (got, _) = read_to_close(&mut s, &format!("{label}: conn {t}"));
+            if !got.is_empty() {
+                return Err(format!(
+                    "conn {t}: {} bytes of reply to a refused frame",
+                    got.len()
+                ));
+            }
+            Ok(())
+        }
+    });
+    for r in results {
+        r.unwrap_or_else(|e| panic!("{}: {e}", a.label));
+    }
+    a.logged("TooManyMetaPairs", 4);
+    // At the cap: 4096 pairs of keys long enough to fill the frame.
+    let cap = teleport_core::Meta::MAX_PAIRS;
+    let key_len = (limit - base) / cap - 2;
+    let key = "k".repeat(key_len);
+    let at_cap: Vec<u8> = (0..cap)
+        .map(|_| format!("{key}&"))
+        .collect::<String>()
+        .into_bytes();
     let results = on_threads(4, {
         let addr = a.addr();
         let label = a.label.clone();
@@ -861,7 +897,10 @@ fn huge_meta(rt: Runtime, net: Net) {
             let mut s = Raw::open(net, &addr);
             let mut buf = BytesMut::new();
             for i in 0..2u64 {
-                let f = frame(&[], &payload(i, PULL, b"/echo/string", &meta, STRING, b"m"));
+                let f = frame(
+                    &[],
+                    &payload(i, PULL, b"/echo/string", &at_cap, STRING, b"m"),
+                );
                 assert!(f.len() <= limit);
                 s.send(&f);
                 let r = read_packet(&mut s, &mut buf, &format!("{label}: conn {t}"));
@@ -876,8 +915,8 @@ fn huge_meta(rt: Runtime, net: Net) {
         r.unwrap_or_else(|e| panic!("{}: {e}", a.label));
     }
     a.mem(
-        64 * READ_LIMIT + SLACK,
-        "4 connections x 16 x read_limit + slack",
+        20 * READ_LIMIT + SLACK,
+        "4 connections x 5 x read_limit + slack",
     );
     a.finish();
 }

@@ -362,63 +362,6 @@ impl Driver {
         self.dial_addr.clone()
     }
 
-    /// Waits for the next command, then re-dials with backoff (`connect`,
-    /// `sleep`) before carrying it out: the command goes to `backlog` for
-    /// [`Driver::open`]. Pulls in flight at the break already failed;
-    /// nothing is re-sent. `None`: closed meanwhile, or the handles are
-    /// gone.
-    pub async fn redial_when_used<S, C, CF, SF>(
-        &mut self,
-        addr: &str,
-        backlog: &mut Vec<Command>,
-        connect: &C,
-        sleep: &impl Fn(Duration) -> SF,
-    ) -> Option<S>
-    where
-        C: Fn(String) -> CF,
-        CF: Future<Output = std::io::Result<S>>,
-        SF: Future<Output = ()>,
-    {
-        loop {
-            let cmd = self.take().await?;
-            if let Command::Close { done, .. } = cmd {
-                self.close_requested = true;
-                self.close_waiters.extend(done);
-                return None;
-            }
-            let cfg = self.peer.config();
-            let mut wait = cfg.redial_interval;
-            let mut last_err = None;
-            for attempt in 1..=cfg.redial_times {
-                match connect(addr.to_string()).await {
-                    Ok(s) => {
-                        tracing::info!(session = self.session.id(), %addr, attempt, "redialed");
-                        backlog.push(cmd);
-                        return Some(s);
-                    }
-                    Err(e) => {
-                        tracing::warn!(session = self.session.id(), %addr, attempt, error = %e, "redial failed");
-                        last_err = Some(e);
-                        sleep(wait).await;
-                        wait = wait.saturating_mul(2).min(MAX_REDIAL_WAIT);
-                    }
-                }
-            }
-            // Everything that queued up meanwhile fails too, rather than
-            // each command starting another round of attempts.
-            let e = Rerror::dial_failed(last_err.map(|e| e.to_string()).unwrap_or_default());
-            refuse(cmd, e.clone());
-            while let Ok(queued) = self.try_take() {
-                if let Command::Close { done, .. } = queued {
-                    self.close_requested = true;
-                    self.close_waiters.extend(done);
-                    return None;
-                }
-                refuse(queued, e.clone());
-            }
-        }
-    }
-
     /// Re-dials at once, in the background, with backoff (`connect`,
     /// `sleep`): up to `redial_times` attempts, waiting `redial_interval`
     /// before the second and doubling up to [`MAX_REDIAL_WAIT`]. Calls made

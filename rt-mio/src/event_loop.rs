@@ -268,7 +268,6 @@ pub(crate) struct EventLoop {
     pool: Option<Arc<Pool>>,
     conns: Slab<Conn>,
     ids: HashMap<u64, usize>,
-    broken: HashMap<u64, Broken>,
     listeners: Slab<Listening>,
     lingering: Slab<Lingering>,
     /// (deadline, lingering connection).
@@ -366,7 +365,6 @@ impl EventLoop {
             pool,
             conns: Slab::new(),
             ids: HashMap::new(),
-            broken: HashMap::new(),
             listeners: Slab::new(),
             lingering: Slab::new(),
             linger_timers: BTreeSet::new(),
@@ -557,9 +555,6 @@ impl EventLoop {
             if let Some(&key) = self.ids.get(&id) {
                 self.conns[key].cmds = true;
                 touch(&mut self.conns, &mut self.touched, key);
-            } else if let Some(b) = self.broken.remove(&id) {
-                b.slot.queued.store(false, Ordering::Release);
-                self.spawn_redial(b);
             }
         }
         self.ready = ready;
@@ -1053,19 +1048,13 @@ impl EventLoop {
         let id = c.driver.session().id();
         tracing::info!(session = id, ?reason, "session closed");
         match c.driver.connection_ended(&reason) {
-            Some(addr) => {
-                let b = Broken {
-                    driver: c.driver,
-                    slot: c.slot,
-                    addr,
-                    tls: c.tls,
-                };
-                if !b.driver.has_commands() {
-                    self.broken.insert(id, b);
-                } else {
-                    self.spawn_redial(b);
-                }
-            }
+            // Re-dialed at once, in the background.
+            Some(addr) => self.spawn_redial(Broken {
+                driver: c.driver,
+                slot: c.slot,
+                addr,
+                tls: c.tls,
+            }),
             None => c.driver.finish(),
         }
     }
@@ -1137,7 +1126,6 @@ impl EventLoop {
         if let Some(&key) = self.ids.get(&id) {
             drop(self.remove(key));
         }
-        self.broken.remove(&id);
     }
 
     /// Re-dials on a thread of its own (connecting blocks, and backs off
@@ -1184,11 +1172,8 @@ impl EventLoop {
             drop(c.stream);
             c.driver.finish();
         }
-        for (_, b) in self.broken.drain() {
-            b.driver.finish();
-        }
-        // Left: sessions on a re-dial thread, waiting for their next use.
-        // Closing them ends those threads.
+        // Left: sessions on a re-dial thread. Closing them ends those
+        // threads.
         for s in self.peer.sessions() {
             s.close_by(now);
         }
@@ -1211,12 +1196,7 @@ fn redial(b: Broken, cfg: &PeerConfig, shared: &Weak<LoopShared>) {
         let c = net::connect(cfg, &a, &tls).map_err(io::Error::from);
         std::future::ready(c.map(|c| c.stream))
     };
-    let stream = exec::block_on(
-        driver.redial_when_used(&addr, &mut backlog, &connect, &|wait| {
-            thread::sleep(wait);
-            std::future::ready(())
-        }),
-    );
+    let stream = exec::block_on(driver.redial(&addr, &mut backlog, &connect, &exec::sleep));
     let Some(stream) = stream else {
         driver.finish();
         return;

@@ -66,6 +66,37 @@ pub(crate) fn block_on_until<F: Future>(f: F, deadline: Option<Instant>) -> Opti
     })
 }
 
+/// A future ready `d` from its first poll, for code run with [`block_on`]
+/// (re-dial back-off): a short-lived thread wakes it, so whatever else the
+/// waiting code selects on (a close) is seen meanwhile.
+pub(crate) fn sleep(d: std::time::Duration) -> impl Future<Output = ()> {
+    let mut until = None;
+    std::future::poll_fn(move |cx| {
+        let now = Instant::now();
+        let at = *until.get_or_insert_with(|| {
+            let waker = cx.waker().clone();
+            let spawned = thread::Builder::new()
+                .name("teleport-mio-timer".into())
+                .spawn(move || {
+                    thread::sleep(d);
+                    waker.wake();
+                });
+            if spawned.is_err() {
+                // No thread: wake at once, and poll again until due.
+                cx.waker().wake_by_ref();
+            }
+            now + d
+        });
+        // A wake before the deadline (from what the code selects on as
+        // well) just waits on.
+        if now >= at {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
 /// Marks this thread as running the poll loop of the peer whose shared
 /// state is at `peer`.
 pub(crate) fn set_on_loop(peer: usize) {

@@ -124,6 +124,13 @@ pub enum XferError {
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum CodecError {
+    /// The body decoded, but the value breaks a rule of its type (a
+    /// validated argument: see `teleport_peer::Valid`).
+    #[error("invalid argument: {reason}")]
+    Invalid {
+        /// Which field broke which rule.
+        reason: String,
+    },
     /// No codec with this id is registered (vector `unknown_codec_with_body`).
     #[error("unsupported codec id: {id}")]
     UnknownId {

@@ -206,6 +206,27 @@ impl Uri {
         &self.0[..end]
     }
 
+    /// The path as text (`None` if it is not UTF-8: a peer may send any
+    /// bytes), as plugins and handlers usually want it.
+    pub fn path_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.path()).ok()
+    }
+
+    /// Replaces the path, keeping the query: what an alias plugin does.
+    ///
+    /// ```
+    /// let mut u = teleport_core::Uri::from("/alias?x=1");
+    /// u.set_path("/origin");
+    /// assert_eq!(u.as_str(), Some("/origin?x=1"));
+    /// ```
+    pub fn set_path(&mut self, path: &str) {
+        let rest = &self.0[self.path().len()..];
+        let mut b = Vec::with_capacity(path.len() + rest.len());
+        b.extend_from_slice(path.as_bytes());
+        b.extend_from_slice(rest);
+        self.0 = Bytes::from(b);
+    }
+
     /// The raw query: what stands between the first `?` and a following
     /// `#`, without either; empty when there is none.
     pub fn query(&self) -> &[u8] {

@@ -27,6 +27,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
+
+use crate::plugin::{Plugin, Plugins};
 
 /// Whether a route answers pulls or takes pushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,7 +43,24 @@ pub enum RouteKind {
 /// Paths to handlers. The keys are the application's own routes and a
 /// lookup never inserts, so a peer's paths cannot crowd a bucket: a fast
 /// unkeyed hash is safe here.
-type Routes<H> = HashMap<Vec<u8>, H, rustc_hash::FxBuildHasher>;
+type Routes<H> = HashMap<Vec<u8>, Route<H>, rustc_hash::FxBuildHasher>;
+
+/// One route: its handler and the plugins of its groups and its own.
+#[derive(Clone)]
+struct Route<H> {
+    handler: H,
+    plugins: Option<Arc<Plugins>>,
+}
+
+/// What a path routes to: the handler, and the plugins that run for the
+/// packets of this route only (its groups', outermost first, then its own).
+#[derive(Debug)]
+pub struct Routed<'a, H> {
+    /// The handler.
+    pub handler: &'a H,
+    /// The route's plugins, if it has any.
+    pub plugins: Option<&'a Arc<Plugins>>,
+}
 
 /// URI paths to handlers.
 #[derive(Clone)]
@@ -73,26 +93,63 @@ impl<H> Router<H> {
     /// Registers a pull handler at `path`; replaces one already there
     /// (the route keeps its place in [`Router::routes`]).
     pub fn pull(&mut self, path: &str, handler: H) -> &mut Self {
-        self.add(RouteKind::Pull, path.to_string(), handler)
+        self.add(RouteKind::Pull, path.to_string(), handler, &[])
     }
 
     /// Registers a push handler at `path`; replaces one already there
     /// (the route keeps its place in [`Router::routes`]).
     pub fn push(&mut self, path: &str, handler: H) -> &mut Self {
-        self.add(RouteKind::Push, path.to_string(), handler)
+        self.add(RouteKind::Push, path.to_string(), handler, &[])
     }
 
-    fn add(&mut self, kind: RouteKind, path: String, handler: H) -> &mut Self {
+    /// Registers a route with plugins of its own (see [`Group::plugin`]);
+    /// replaces one already there.
+    pub fn add(
+        &mut self,
+        kind: RouteKind,
+        path: String,
+        handler: H,
+        plugins: &[Arc<dyn Plugin>],
+    ) -> &mut Self {
         let map = match kind {
             RouteKind::Pull => &mut self.pulls,
             RouteKind::Push => &mut self.pushes,
         };
+        let plugins = (!plugins.is_empty()).then(|| {
+            let mut list = Plugins::new();
+            for p in plugins {
+                list.add(p.clone());
+            }
+            Arc::new(list)
+        });
         // A replaced route keeps its first place and is listed once, so
         // plugins' `after_register` sees each path once.
-        if map.insert(path.clone().into_bytes(), handler).is_none() {
+        let route = Route { handler, plugins };
+        if map.insert(path.clone().into_bytes(), route).is_none() {
             self.registered.push((kind, path));
         }
         self
+    }
+
+    /// Adds a plugin to the route at `path`, after its groups' and any
+    /// added before; `false` if there is no such route.
+    pub fn add_route_plugin(
+        &mut self,
+        kind: RouteKind,
+        path: &str,
+        plugin: Arc<dyn Plugin>,
+    ) -> bool {
+        let map = match kind {
+            RouteKind::Pull => &mut self.pulls,
+            RouteKind::Push => &mut self.pushes,
+        };
+        let Some(route) = map.get_mut(path.as_bytes()) else {
+            return false;
+        };
+        let mut list = route.plugins.as_deref().cloned().unwrap_or_default();
+        list.add(plugin);
+        route.plugins = Some(Arc::new(list));
+        true
     }
 
     /// Routes registered under `prefix` (`"/v1"`; no trailing slash).
@@ -100,6 +157,7 @@ impl<H> Router<H> {
         Group {
             router: self,
             prefix: prefix.trim_end_matches('/').to_string(),
+            plugins: Vec::new(),
         }
     }
 
@@ -109,6 +167,7 @@ impl<H> Router<H> {
         Group {
             router: self,
             prefix,
+            plugins: Vec::new(),
         }
     }
 
@@ -126,12 +185,31 @@ impl<H> Router<H> {
 
     /// The pull handler for a (decoded) path, else the unknown-pull one.
     pub fn route_pull(&self, path: &[u8]) -> Option<&H> {
-        self.pulls.get(path).or(self.unknown_pull.as_ref())
+        self.route(RouteKind::Pull, path).map(|r| r.handler)
     }
 
     /// The push handler for a (decoded) path, else the unknown-push one.
     pub fn route_push(&self, path: &[u8]) -> Option<&H> {
-        self.pushes.get(path).or(self.unknown_push.as_ref())
+        self.route(RouteKind::Push, path).map(|r| r.handler)
+    }
+
+    /// The handler and route plugins for a (decoded) path, else the
+    /// fallback's (which has no route plugins).
+    pub fn route(&self, kind: RouteKind, path: &[u8]) -> Option<Routed<'_, H>> {
+        let (map, unknown) = match kind {
+            RouteKind::Pull => (&self.pulls, &self.unknown_pull),
+            RouteKind::Push => (&self.pushes, &self.unknown_push),
+        };
+        match map.get(path) {
+            Some(r) => Some(Routed {
+                handler: &r.handler,
+                plugins: r.plugins.as_ref(),
+            }),
+            None => unknown.as_ref().map(|handler| Routed {
+                handler,
+                plugins: None,
+            }),
+        }
     }
 
     /// Every registered route, in registration order (for logs and for
@@ -151,19 +229,21 @@ impl<H> fmt::Debug for Router<H> {
     }
 }
 
-/// Routes under a common prefix.
+/// Routes under a common prefix, with plugins of their own.
 pub struct Group<'a, H> {
     router: &'a mut Router<H>,
     prefix: String,
+    plugins: Vec<Arc<dyn Plugin>>,
 }
 
 impl<H> Group<'_, H> {
-    /// A nested group: `prefix/sub`.
+    /// A nested group: `prefix/sub`, with this group's plugins.
     pub fn group(&mut self, sub: &str) -> Group<'_, H> {
         let prefix = format!("{}/{}", self.prefix, sub.trim_matches('/'));
         Group {
             router: self.router,
             prefix,
+            plugins: self.plugins.clone(),
         }
     }
 
@@ -173,20 +253,31 @@ impl<H> Group<'_, H> {
         Group {
             router: self.router,
             prefix,
+            plugins: self.plugins.clone(),
         }
+    }
+
+    /// A plugin for the routes registered through this group from now on
+    /// (and its nested groups): it sees only their packets, after the
+    /// peer's plugins and the outer groups'.
+    pub fn plugin(&mut self, plugin: Arc<dyn Plugin>) -> &mut Self {
+        self.plugins.push(plugin);
+        self
     }
 
     /// A pull route `prefix/<snake(name)>`.
     pub fn pull(&mut self, name: &str, handler: H) -> &mut Self {
         let path = format!("{}/{}", self.prefix, to_snake_case(name));
-        self.router.add(RouteKind::Pull, path, handler);
+        self.router
+            .add(RouteKind::Pull, path, handler, &self.plugins);
         self
     }
 
     /// A push route `prefix/<snake(name)>`.
     pub fn push(&mut self, name: &str, handler: H) -> &mut Self {
         let path = format!("{}/{}", self.prefix, to_snake_case(name));
-        self.router.add(RouteKind::Push, path, handler);
+        self.router
+            .add(RouteKind::Push, path, handler, &self.plugins);
         self
     }
 

@@ -6,12 +6,15 @@ use std::sync::Arc;
 
 use teleport_core::router::to_snake_case;
 use teleport_core::{
-    Codec, CodecRegistry, DecodeBody, MakeProto, Plugin, Plugins, Rerror, Router, Shared,
-    XferFilter, XferRegistry,
+    Codec, CodecRegistry, DecodeBody, MakeProto, Plugin, Plugins, Rerror, RouteKind, Router,
+    Shared, XferFilter, XferRegistry,
 };
 
 use crate::config::PeerConfig;
-use crate::handler::{pull_handler, push_handler, Handler, IntoReply, PullCtx, PushCtx};
+use crate::handler::{
+    pull_handler, push_handler, unknown_pull_handler, unknown_push_handler, Handler, IntoReply,
+    PullCtx, PushCtx, UnknownPullCtx, UnknownPushCtx,
+};
 use crate::registry::{PeerCore, ProtoFunc};
 
 /// Builds a peer: routes, plugins, codecs and filters are fixed before
@@ -89,26 +92,28 @@ impl PeerBuilder {
         self
     }
 
-    /// Answers pulls to paths with no route (else they get 404).
-    pub fn unknown_pull<F, Fut, A, R>(&mut self, f: F) -> &mut Self
+    /// Answers pulls to paths with no route (else they get 404): the
+    /// seed's `SetUnknown`. The body is not decoded before the handler
+    /// runs: it has the raw body, and [`UnknownPullCtx::bind`] decodes it
+    /// as whatever type fits, saying with which codec.
+    pub fn unknown_pull<F, Fut, R>(&mut self, f: F) -> &mut Self
     where
-        F: Fn(PullCtx, A) -> Fut + Send + Sync + 'static,
+        F: Fn(UnknownPullCtx) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, Rerror>> + Send + 'static,
-        A: DecodeBody + Send + 'static,
         R: IntoReply + 'static,
     {
-        self.router.set_unknown_pull(pull_handler(f));
+        self.router.set_unknown_pull(unknown_pull_handler(f));
         self
     }
 
-    /// Takes pushes to paths with no route (else they are dropped).
-    pub fn unknown_push<F, Fut, A>(&mut self, f: F) -> &mut Self
+    /// Takes pushes to paths with no route (else they are dropped). As for
+    /// [`PeerBuilder::unknown_pull`], the body is not decoded first.
+    pub fn unknown_push<F, Fut>(&mut self, f: F) -> &mut Self
     where
-        F: Fn(PushCtx, A) -> Fut + Send + Sync + 'static,
+        F: Fn(UnknownPushCtx) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
-        A: DecodeBody + Send + 'static,
     {
-        self.router.set_unknown_push(push_handler(f));
+        self.router.set_unknown_push(unknown_push_handler(f));
         self
     }
 
@@ -116,19 +121,52 @@ impl PeerBuilder {
     pub fn group(&mut self, prefix: &str) -> Group<'_> {
         Group {
             builder: self,
-            prefix: prefix.trim_end_matches('/').to_string(),
+            prefix: normalize_prefix(prefix),
+            plugins: Vec::new(),
         }
     }
 
     /// A controller: `value`'s methods become routes
     /// `/<snake(type name)>/<method>`, as Go names them (a generic type's
-    /// arguments are left out: `Cache<Db>` serves `/cache/...`).
+    /// arguments are left out: `Cache<Db>` serves `/cache/...`). Renaming
+    /// the type renames its routes on the wire: where that matters, name
+    /// them with [`PeerBuilder::controller_named`].
     pub fn controller<C: Send + Sync + 'static>(&mut self, value: C) -> Controller<'_, C> {
-        let prefix = format!("/{}", to_snake_case(std::any::type_name::<C>()));
+        let name = to_snake_case(std::any::type_name::<C>());
+        self.controller_named(&name, value)
+    }
+
+    /// A controller whose routes are `/<name>/<method>`, whatever its type
+    /// is called.
+    pub fn controller_named<C: Send + Sync + 'static>(
+        &mut self,
+        name: &str,
+        value: C,
+    ) -> Controller<'_, C> {
         Controller {
             builder: self,
-            prefix,
+            prefix: normalize_prefix(name),
             value: Arc::new(value),
+            plugins: Vec::new(),
+        }
+    }
+
+    /// Adds a plugin to one route (registered before), to run for its
+    /// packets only, after the peer's and its groups' plugins. Fails if
+    /// there is no such route.
+    pub fn route_plugin(
+        &mut self,
+        kind: RouteKind,
+        path: &str,
+        plugin: impl Plugin,
+    ) -> io::Result<&mut Self> {
+        if self.router.add_route_plugin(kind, path, Arc::new(plugin)) {
+            Ok(self)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no {kind:?} route {path} to add a plugin to"),
+            ))
         }
     }
 
@@ -232,13 +270,43 @@ impl PeerBuilder {
     }
 }
 
-/// Routes under a common prefix.
+/// `"group"`, `"/group"` and `"/group/"` are the same prefix: `/group`
+/// (Go's `Group("group")` serves `/group/...`).
+fn normalize_prefix(prefix: &str) -> String {
+    let p = prefix.trim_matches('/');
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!("/{p}")
+    }
+}
+
+/// Routes under a common prefix, with plugins of their own.
 pub struct Group<'a> {
     builder: &'a mut PeerBuilder,
     prefix: String,
+    plugins: Vec<Arc<dyn Plugin>>,
 }
 
 impl Group<'_> {
+    /// A plugin for the routes registered through this group from now on
+    /// (and its nested groups and controllers): it sees only their
+    /// packets, after the peer's plugins (the seed's
+    /// `Group("pull", plugin)`).
+    pub fn plugin(&mut self, plugin: impl Plugin) -> &mut Self {
+        self.plugins.push(Arc::new(plugin));
+        self
+    }
+
+    /// A nested group `prefix/sub`, with this group's plugins.
+    pub fn group(&mut self, sub: &str) -> Group<'_> {
+        Group {
+            prefix: format!("{}{}", self.prefix, normalize_prefix(sub)),
+            builder: self.builder,
+            plugins: self.plugins.clone(),
+        }
+    }
+
     /// A pull route `prefix/<snake(name)>`.
     pub fn pull<F, Fut, A, R>(&mut self, name: &str, f: F) -> &mut Self
     where
@@ -248,7 +316,9 @@ impl Group<'_> {
         R: IntoReply + 'static,
     {
         let path = format!("{}/{}", self.prefix, to_snake_case(name));
-        self.builder.router.pull(&path, pull_handler(f));
+        self.builder
+            .router
+            .add(RouteKind::Pull, path, pull_handler(f), &self.plugins);
         self
     }
 
@@ -260,21 +330,29 @@ impl Group<'_> {
         A: DecodeBody + Send + 'static,
     {
         let path = format!("{}/{}", self.prefix, to_snake_case(name));
-        self.builder.router.push(&path, push_handler(f));
+        self.builder
+            .router
+            .add(RouteKind::Push, path, push_handler(f), &self.plugins);
         self
     }
 
     /// A controller in this group: `prefix/<snake(type)>/<method>`.
     pub fn controller<C: Send + Sync + 'static>(&mut self, value: C) -> Controller<'_, C> {
-        let prefix = format!(
-            "{}/{}",
-            self.prefix,
-            to_snake_case(std::any::type_name::<C>())
-        );
+        let name = to_snake_case(std::any::type_name::<C>());
+        self.controller_named(&name, value)
+    }
+
+    /// A controller in this group at `prefix/<name>/<method>`.
+    pub fn controller_named<C: Send + Sync + 'static>(
+        &mut self,
+        name: &str,
+        value: C,
+    ) -> Controller<'_, C> {
         Controller {
+            prefix: format!("{}{}", self.prefix, normalize_prefix(name)),
             builder: self.builder,
-            prefix,
             value: Arc::new(value),
+            plugins: self.plugins.clone(),
         }
     }
 }
@@ -285,9 +363,17 @@ pub struct Controller<'a, C> {
     builder: &'a mut PeerBuilder,
     prefix: String,
     value: Arc<C>,
+    plugins: Vec<Arc<dyn Plugin>>,
 }
 
 impl<C: Send + Sync + 'static> Controller<'_, C> {
+    /// A plugin for this controller's routes registered from now on (the
+    /// seed's `Reg(controller, plugin)`).
+    pub fn plugin(&mut self, plugin: impl Plugin) -> &mut Self {
+        self.plugins.push(Arc::new(plugin));
+        self
+    }
+
     /// The pull route `prefix/<snake(name)>` served by `method`.
     pub fn pull<F, Fut, A, R>(&mut self, name: &str, method: F) -> &mut Self
     where
@@ -298,9 +384,10 @@ impl<C: Send + Sync + 'static> Controller<'_, C> {
     {
         let c = self.value.clone();
         let path = format!("{}/{}", self.prefix, to_snake_case(name));
+        let h = pull_handler(move |ctx, a| method(c.clone(), ctx, a));
         self.builder
             .router
-            .pull(&path, pull_handler(move |ctx, a| method(c.clone(), ctx, a)));
+            .add(RouteKind::Pull, path, h, &self.plugins);
         self
     }
 
@@ -313,9 +400,10 @@ impl<C: Send + Sync + 'static> Controller<'_, C> {
     {
         let c = self.value.clone();
         let path = format!("{}/{}", self.prefix, to_snake_case(name));
+        let h = push_handler(move |ctx, a| method(c.clone(), ctx, a));
         self.builder
             .router
-            .push(&path, push_handler(move |ctx, a| method(c.clone(), ctx, a)));
+            .add(RouteKind::Push, path, h, &self.plugins);
         self
     }
 }
@@ -323,7 +411,6 @@ impl<C: Send + Sync + 'static> Controller<'_, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use teleport_core::RouteKind;
 
     struct Cache<T>(T);
 

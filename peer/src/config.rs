@@ -202,12 +202,104 @@ impl Default for PeerConfig {
     }
 }
 
+/// Why a config file could not be loaded.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or names an unknown setting.
+    #[error("{path}: {source}")]
+    Toml {
+        /// The file (empty for a string).
+        path: PathBuf,
+        /// What was wrong, with its line.
+        source: Box<toml::de::Error>,
+    },
+    /// The YAML is malformed or names an unknown setting.
+    #[error("{path}: {source}")]
+    Yaml {
+        /// The file (empty for a string).
+        path: PathBuf,
+        /// What was wrong, with its line.
+        source: serde_yaml_ng::Error,
+    },
+    /// The file's extension names no format this reads.
+    #[error("{path}: not .toml, .yaml or .yml")]
+    Format {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
 impl PeerConfig {
+    /// Reads a config file: TOML for `.toml`, YAML for `.yaml` or `.yml`.
+    /// Every setting has a default, and an unknown one is an error that
+    /// names it.
+    ///
+    /// ```no_run
+    /// let cfg = teleport_peer::PeerConfig::from_file("peer.toml")?;
+    /// # Ok::<(), teleport_peer::ConfigError>(())
+    /// ```
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<PeerConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let named = |e: ConfigError| match e {
+            ConfigError::Toml { source, .. } => ConfigError::Toml {
+                path: path.to_path_buf(),
+                source,
+            },
+            ConfigError::Yaml { source, .. } => ConfigError::Yaml {
+                path: path.to_path_buf(),
+                source,
+            },
+            e => e,
+        };
+        match ext {
+            "toml" => PeerConfig::from_toml(&text).map_err(named),
+            "yaml" | "yml" => PeerConfig::from_yaml(&text).map_err(named),
+            _ => Err(ConfigError::Format {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<PeerConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Toml {
+            path: PathBuf::new(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Parses YAML text.
+    pub fn from_yaml(text: &str) -> Result<PeerConfig, ConfigError> {
+        serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Yaml {
+            path: PathBuf::new(),
+            source,
+        })
+    }
+
     /// The core session settings these stand for.
     pub fn session_config(&self, codecs: &CodecRegistry) -> std::io::Result<SessionConfig> {
         let default_codec = match self.default_body_codec.as_str() {
             "" => CodecId::JSON,
-            name => codecs.by_name(name).map(|c| c.id())?,
+            name => codecs.by_name(name).map(|c| c.id()).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("default_body_codec: {e}"),
+                )
+            })?,
         };
         Ok(SessionConfig {
             default_timeout: self.default_pull_timeout,
@@ -252,5 +344,42 @@ mod tests {
             ..PeerConfig::default()
         };
         assert!(bad.session_config(&CodecRegistry::default()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn files_are_read_by_their_extension_and_errors_name_the_setting() {
+        let dir = std::env::temp_dir().join(format!("tp-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml_path = dir.join("peer.toml");
+        std::fs::write(&toml_path, "redial_times = 4\nframe_timeout = \"2s\"\n").unwrap();
+        let c = PeerConfig::from_file(&toml_path).unwrap();
+        assert_eq!(
+            (c.redial_times, c.frame_timeout),
+            (4, Some(Duration::from_secs(2)))
+        );
+        let yaml_path = dir.join("peer.yaml");
+        std::fs::write(&yaml_path, "redial_times: 5\nprint_body: true\n").unwrap();
+        let c = PeerConfig::from_file(&yaml_path).unwrap();
+        assert_eq!((c.redial_times, c.print_body), (5, true));
+        std::fs::write(&toml_path, "redial_tims = 4\n").unwrap();
+        let e = PeerConfig::from_file(&toml_path).unwrap_err().to_string();
+        assert!(e.contains("redial_tims") && e.contains("peer.toml"), "{e}");
+        let e = PeerConfig::from_file(dir.join("peer.ini")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        std::fs::write(dir.join("peer.ini"), "").unwrap();
+        let e = PeerConfig::from_file(dir.join("peer.ini")).unwrap_err();
+        assert!(matches!(e, ConfigError::Format { .. }), "{e}");
+        let bad_codec = PeerConfig::from_toml("default_body_codec = \"xml\"").unwrap();
+        let e = bad_codec
+            .session_config(&CodecRegistry::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("default_body_codec"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -146,7 +146,7 @@ impl Driver {
             &shared.xfers,
         );
         let mut core = CoreSession::with_proto(shared, self.role, id, proto, now);
-        tracing::info!(session = id, remote = %self.session.remote_addr(), role = ?self.role, "session open");
+        tracing::info!(target: "teleport::peer", session = id, remote = %self.session.remote_addr(), role = ?self.role, "session open");
         for cmd in backlog.drain(..) {
             self.on_command(&mut core, cmd, now);
         }
@@ -423,11 +423,11 @@ impl Driver {
             };
             match outcome {
                 Ok(s) => {
-                    tracing::info!(session = self.session.id(), %addr, attempt, "redialed");
+                    tracing::info!(target: "teleport::peer", session = self.session.id(), %addr, attempt, "redialed");
                     return Some(s);
                 }
                 Err(e) => {
-                    tracing::warn!(session = self.session.id(), %addr, attempt, error = %e, "redial failed");
+                    tracing::warn!(target: "teleport::peer", session = self.session.id(), %addr, attempt, error = %e, "redial failed");
                     last_err = Some(e);
                     if attempt > 1 {
                         wait = wait.saturating_mul(2).min(MAX_REDIAL_WAIT);
@@ -643,7 +643,7 @@ impl HandlerCall {
 /// [`panicked`], logged.
 fn logged(session: u64, panic: &(dyn std::any::Any + Send)) -> Rerror {
     let e = panicked(panic);
-    tracing::error!(session, error = %e, "handler panicked");
+    tracing::error!(target: "teleport::peer", session, error = %e, "handler panicked");
     e
 }
 
@@ -661,7 +661,7 @@ pub fn finish_handler(core: &mut CoreSession, done: Done, now: Instant) {
     match done {
         Done::Reply(seq, result) => {
             if let Err(e) = core.reply(now, seq, result) {
-                tracing::debug!(session = core.id(), %seq, error = %e, "reply not sent");
+                tracing::debug!(target: "teleport::peer", session = core.id(), %seq, error = %e, "reply not sent");
             }
         }
         Done::Push => {}

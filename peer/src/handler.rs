@@ -117,10 +117,22 @@ macro_rules! ctx_common {
                 self.session
                     .codecs()
                     .decode(self.packet.body_codec, &self.packet.body)
-                    .map_err(|e| Rerror::bad_packet(format!("body: {e}")))
+                    .map_err(body_error)
             }
         }
     };
+}
+
+/// The error a body that does not decode (400 `Bad Packet`) or breaks a
+/// rule of its type (400 `Invalid Argument`, naming the field) is answered
+/// with.
+fn body_error(e: teleport_core::CodecError) -> Rerror {
+    match e {
+        teleport_core::CodecError::Invalid { reason } => {
+            Rerror::new(Rerror::CODE_BAD_PACKET, "Invalid Argument").with_detail(reason)
+        }
+        e => Rerror::bad_packet(format!("body: {e}")),
+    }
 }
 
 ctx_common!(PullCtx);
@@ -255,8 +267,70 @@ where
             }
         },
         Err(e) => {
-            tracing::warn!(uri = %ctx.uri(), error = %e, "push body does not decode; dropped");
+            tracing::warn!(target: "teleport::peer", uri = %ctx.uri(), error = %e, "push body does not decode; dropped");
             Box::pin(std::future::ready(()))
         }
+    }))
+}
+
+/// What a handler of pulls to unknown routes knows: all a [`PullCtx`] does
+/// (it dereferences to one), with the body not decoded yet.
+pub struct UnknownPullCtx(PullCtx);
+
+/// What a handler of pushes to unknown routes knows (see
+/// [`UnknownPullCtx`]).
+pub struct UnknownPushCtx(PushCtx);
+
+macro_rules! unknown_ctx {
+    ($t:ident, $inner:ty) => {
+        impl std::ops::Deref for $t {
+            type Target = $inner;
+            fn deref(&self) -> &$inner {
+                &self.0
+            }
+        }
+
+        impl $t {
+            /// Decodes the body as `T` with the codec it came in, and says
+            /// which that was (the seed's `ctx.Bind`). An empty body gives
+            /// `T`'s zero value; a body that does not decode is a 400.
+            pub fn bind<T: DecodeBody>(&self) -> Result<(T, CodecId), Rerror> {
+                Ok((self.0.bind()?, self.0.body_codec()))
+            }
+
+            /// The context itself.
+            pub fn into_inner(self) -> $inner {
+                self.0
+            }
+        }
+    };
+}
+
+unknown_ctx!(UnknownPullCtx, PullCtx);
+unknown_ctx!(UnknownPushCtx, PushCtx);
+
+/// Wraps a handler of pulls to unknown routes: it runs on the raw packet.
+pub fn unknown_pull_handler<F, Fut, R>(f: F) -> Handler
+where
+    F: Fn(UnknownPullCtx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, Rerror>> + Send + 'static,
+    R: IntoReply + 'static,
+{
+    Handler::Pull(Arc::new(move |ctx: PullCtx| {
+        let codecs = ctx.session.shared().clone();
+        let codec = ctx.reply_codec;
+        let fut = f(UnknownPullCtx(ctx));
+        Box::pin(async move { fut.await?.into_reply(&codecs.codecs, codec) }) as BoxFuture<_>
+    }))
+}
+
+/// Wraps a handler of pushes to unknown routes: it runs on the raw packet.
+pub fn unknown_push_handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(UnknownPushCtx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Handler::Push(Arc::new(move |ctx: PushCtx| {
+        Box::pin(f(UnknownPushCtx(ctx))) as BoxFuture<()>
     }))
 }

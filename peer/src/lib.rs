@@ -30,16 +30,19 @@ mod registry;
 mod session;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "validate")]
+mod valid;
 
 pub use addr::PeerAddr;
 pub use builder::{Controller, Group, PeerBuilder};
-pub use config::{Network, PeerConfig, TlsDialSettings, TlsListenSettings};
+pub use config::{ConfigError, Network, PeerConfig, TlsDialSettings, TlsListenSettings};
 pub use driver::{
     closed_error, finish_handler, panicked, refuse, CoreSession, Done, Driver, HandlerCall, Token,
     BUDGET, FINAL_FLUSH, FLUSH_GRACE, INLINE_DECODE_LIMIT, MAX_REDIAL_WAIT,
 };
 pub use handler::{
-    pull_handler, push_handler, BoxFuture, Handler, IntoReply, PullCtx, PushCtx, Replied,
+    pull_handler, push_handler, unknown_pull_handler, unknown_push_handler, BoxFuture, Handler,
+    IntoReply, PullCtx, PushCtx, Replied, UnknownPullCtx, UnknownPushCtx,
 };
 pub use options::{DialError, DialOptions, ListenOptions, ServeOptions};
 pub use peer_ref::{Broadcast, PeerRef};
@@ -48,3 +51,5 @@ pub use registry::{
     LINGER_BYTES,
 };
 pub use session::{Call, Command, DirectPath, Reply, Session, Wake};
+#[cfg(feature = "validate")]
+pub use valid::{garde, Valid};

@@ -179,6 +179,15 @@ impl PeerCore {
         }
     }
 
+    /// Runs the plugins' `after_listen` for a listener bound at `addr`; an
+    /// error keeps the listener from serving.
+    pub fn after_listen(&self, addr: &PeerAddr) -> std::io::Result<()> {
+        self.shared
+            .plugins
+            .after_listen(&addr.to_string())
+            .map_err(|e| std::io::Error::other(format!("a plugin refused to listen: {e}")))
+    }
+
     /// The peer's TLS ends (set in code or from the config).
     pub fn tls(&self) -> &PeerTls {
         &self.tls
@@ -441,12 +450,11 @@ impl PeerCore {
             pulls_abandoned: self.pulls_abandoned.load(Ordering::Relaxed),
         };
         if report.cancelled + report.handlers_abandoned + report.pulls_abandoned > 0 {
-            tracing::warn!(
-                ?report,
+            tracing::warn!(target: "teleport::peer", ?report,
                 "peer shut down; work still running at the deadline was cancelled"
             );
         } else {
-            tracing::info!(?report, "peer shut down");
+            tracing::info!(target: "teleport::peer", ?report, "peer shut down");
         }
         report
     }
@@ -466,8 +474,7 @@ impl PeerCore {
     pub fn cancel_remaining(&self) -> usize {
         let left: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
         for e in &left {
-            tracing::warn!(
-                session = e.session.id(),
+            tracing::warn!(target: "teleport::peer", session = e.session.id(),
                 "session still running at shutdown timeout; cancelled"
             );
             (e.abort)();

@@ -115,17 +115,16 @@ where
                     Err(io::Error::from(io::ErrorKind::TimedOut))
                 };
                 if let Err(e) = futures_lite::future::or(flush, timeout).await {
-                    tracing::debug!(session = id, error = %e, "could not flush the last bytes");
+                    tracing::debug!(target: "teleport::async_io", session = id, error = %e, "could not flush the last bytes");
                 }
                 drop(closing);
                 if !w.tasks.is_empty() {
-                    tracing::warn!(
-                        session = id,
+                    tracing::warn!(target: "teleport::async_io", session = id,
                         handlers = w.tasks.len(),
                         "handlers still running at close are cancelled"
                     );
                 }
-                tracing::info!(session = id, ?reason, "session closed");
+                tracing::info!(target: "teleport::async_io", session = id, ?reason, "session closed");
                 if input_open(&reason) {
                     let guard = driver.peer().linger();
                     exec.spawn(Box::pin(linger(rd, guard)));

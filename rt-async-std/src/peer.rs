@@ -300,6 +300,7 @@ impl Peer {
                 let l = Arc::new(net::bind_tcp_listener(&cfg).await?);
                 let addr = PeerAddr::Tcp(l.get_ref().local_addr()?);
                 let cfg = Arc::new(cfg);
+                self.core.after_listen(&addr)?;
                 self.serve_listener(addr.clone(), proto, tls, move || {
                     let (l, cfg) = (l.clone(), cfg.clone());
                     Box::pin(async move { net::accept_tcp(&l, &cfg).await })
@@ -311,6 +312,7 @@ impl Peer {
                 let l = Arc::new(net::bind_unix_listener(&cfg)?);
                 let addr = PeerAddr::Unix(cfg.listen_address.clone());
                 let cfg = Arc::new(cfg);
+                self.core.after_listen(&addr)?;
                 self.serve_listener(addr.clone(), proto, tls, move || {
                     let (l, cfg) = (l.clone(), cfg.clone());
                     Box::pin(async move { net::accept_unix(&l, &cfg.listen_address, &cfg).await })
@@ -322,6 +324,7 @@ impl Peer {
                 let l = Arc::new(net::bind_unixpacket_listener(&cfg)?);
                 let addr = PeerAddr::Unix(cfg.listen_address.clone());
                 let cfg = Arc::new(cfg);
+                self.core.after_listen(&addr)?;
                 self.serve_listener(addr.clone(), proto, tls, move || {
                     let (l, cfg) = (l.clone(), cfg.clone());
                     Box::pin(
@@ -347,7 +350,7 @@ impl Peer {
         S: Connection + ForTls,
         A: Fn() -> BoxFuture<io::Result<net::Connected<S>>> + Send + Sync + 'static,
     {
-        tracing::info!(%addr, "listening");
+        tracing::info!(target: "teleport::async_io", %addr, "listening");
         let peer = self.clone();
         let mut stop = self.core.shutdown_signal();
         self.exec.spawn(Box::pin(async move {
@@ -368,13 +371,13 @@ impl Peer {
                         peer.accepted(stream, conn, &tls);
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        tracing::warn!(target: "teleport::async_io", error = %e, "accept failed");
                         // Out of descriptors, say: do not spin.
                         Timer::after(Duration::from_millis(50)).await;
                     }
                 }
             }
-            tracing::info!("listener closed");
+            tracing::info!(target: "teleport::async_io", "listener closed");
         }));
     }
 
@@ -407,7 +410,7 @@ impl Peer {
                         Some(Err(e)) => TlsError::from_handshake(e, None),
                         None => TlsError::Timeout(tls.handshake_timeout()),
                     };
-                    tracing::warn!(%remote, error = %e, "TLS handshake failed");
+                    tracing::warn!(target: "teleport::async_io", %remote, error = %e, "TLS handshake failed");
                 }));
             }
             #[cfg(not(feature = "tls"))]

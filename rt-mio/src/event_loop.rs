@@ -124,7 +124,7 @@ impl LoopShared {
     fn notify(&self) {
         if !self.notified.swap(true, Ordering::AcqRel) {
             if let Err(e) = self.waker.wake() {
-                tracing::error!(error = %e, "could not wake the poll loop");
+                tracing::error!(target: "teleport::mio", error = %e, "could not wake the poll loop");
             }
         }
     }
@@ -397,7 +397,7 @@ impl EventLoop {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                tracing::error!(error = %e, "poll failed; the peer's loop stops");
+                tracing::error!(target: "teleport::mio", error = %e, "poll failed; the peer's loop stops");
                 break;
             }
             let now = Instant::now();
@@ -575,7 +575,7 @@ impl EventLoop {
             .registry()
             .register(&mut stream, Token(key), Interest::READABLE)
         {
-            tracing::error!(session = driver.session().id(), error = %e, "could not register the connection");
+            tracing::error!(target: "teleport::mio", session = driver.session().id(), error = %e, "could not register the connection");
             for cmd in backlog.drain(..) {
                 refuse(cmd, Rerror::conn_closed().with_detail(e.to_string()));
             }
@@ -608,7 +608,7 @@ impl EventLoop {
 
     fn add_listener(&mut self, mut listener: Listener, proto: Option<ProtoFunc>, tls: ListenTls) {
         if self.peer.is_shutting_down() {
-            tracing::info!("listener closed");
+            tracing::info!(target: "teleport::mio", "listener closed");
             return;
         }
         let entry = self.listeners.vacant_entry();
@@ -627,14 +627,16 @@ impl EventLoop {
                     retry_at: None,
                 });
             }
-            Err(e) => tracing::error!(error = %e, "could not register the listener"),
+            Err(e) => {
+                tracing::error!(target: "teleport::mio", error = %e, "could not register the listener")
+            }
         }
     }
 
     fn close_listeners(&mut self) {
         for mut l in self.listeners.drain() {
             let _ = self.poll.registry().deregister(&mut l.listener);
-            tracing::info!("listener closed");
+            tracing::info!(target: "teleport::mio", "listener closed");
         }
         // Handshakes not done are connections not accepted yet.
         #[cfg(feature = "tls")]
@@ -667,7 +669,7 @@ impl EventLoop {
                             io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                         ) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        tracing::warn!(target: "teleport::mio", error = %e, "accept failed");
                         l.retry_at = Some(now + ACCEPT_RETRY);
                         break;
                     }
@@ -709,7 +711,7 @@ impl EventLoop {
         let mut h = match crate::tls::Handshake::new(c, acceptor, proto, now) {
             Ok(h) => h,
             Err((_, e)) => {
-                tracing::warn!(%remote, error = %e, "TLS handshake failed");
+                tracing::warn!(target: "teleport::mio", %remote, error = %e, "TLS handshake failed");
                 return;
             }
         };
@@ -721,7 +723,7 @@ impl EventLoop {
                 .registry()
                 .register(&mut h.stream, Token(HANDSHAKE_BASE + key), interest)
         {
-            tracing::warn!(%remote, error = %e, "could not register the connection");
+            tracing::warn!(target: "teleport::mio", %remote, error = %e, "could not register the connection");
             return;
         }
         self.handshake_timers.insert((h.until, key));
@@ -743,7 +745,7 @@ impl EventLoop {
             if let Some(mut h) = self.handshakes.try_remove(key) {
                 let _ = self.poll.registry().deregister(&mut h.stream);
                 let e = teleport_peer::tls::TlsError::Timeout(h.timeout);
-                tracing::warn!(remote = %h.remote, error = %e, "TLS handshake failed");
+                tracing::warn!(target: "teleport::mio", remote = %h.remote, error = %e, "TLS handshake failed");
                 let mut stream = h.fail();
                 stream.shutdown_write();
                 self.linger(stream);
@@ -763,7 +765,7 @@ impl EventLoop {
             self.handshake_timers.remove(&(h.until, key));
             let _ = self.poll.registry().deregister(&mut h.stream);
             if let Some(e) = failed {
-                tracing::warn!(remote = %h.remote, error = %e, "TLS handshake failed");
+                tracing::warn!(target: "teleport::mio", remote = %h.remote, error = %e, "TLS handshake failed");
                 let mut stream = h.fail();
                 stream.shutdown_write();
                 // Read what the other side still sends, so the alert is not
@@ -986,8 +988,7 @@ impl EventLoop {
         let done = c.wbuf.is_empty() && !c.stream.wants_write();
         if done || failed || now >= until {
             if !c.wbuf.is_empty() {
-                tracing::debug!(
-                    session = c.driver.session().id(),
+                tracing::debug!(target: "teleport::mio", session = c.driver.session().id(),
                     "could not flush the last bytes"
                 );
             }
@@ -1020,8 +1021,7 @@ impl EventLoop {
         }
         let _ = self.poll.registry().deregister(&mut c.stream);
         if !c.tasks.is_empty() {
-            tracing::warn!(
-                session = c.driver.session().id(),
+            tracing::warn!(target: "teleport::mio", session = c.driver.session().id(),
                 handlers = c.tasks.len(),
                 "handlers still running at close are cancelled"
             );
@@ -1046,7 +1046,7 @@ impl EventLoop {
             drop(c.stream);
         }
         let id = c.driver.session().id();
-        tracing::info!(session = id, ?reason, "session closed");
+        tracing::info!(target: "teleport::mio", session = id, ?reason, "session closed");
         match c.driver.connection_ended(&reason) {
             // Re-dialed at once, in the background.
             Some(addr) => self.spawn_redial(Broken {
@@ -1138,7 +1138,7 @@ impl EventLoop {
             .name(format!("teleport-mio-redial-{id}"))
             .spawn(move || redial(b, &cfg, &shared));
         if let Err(e) = spawned {
-            tracing::error!(session = id, error = %e, "could not start a re-dial thread");
+            tracing::error!(target: "teleport::mio", session = id, error = %e, "could not start a re-dial thread");
         }
     }
 
@@ -1164,8 +1164,7 @@ impl EventLoop {
             if c.closing.is_none() {
                 c.core.handle_io_error(now, &"the peer was dropped");
                 let _ = c.driver.drain_events_deferred(&mut c.core, &mut |_| {});
-                tracing::info!(
-                    session = c.driver.session().id(),
+                tracing::info!(target: "teleport::mio", session = c.driver.session().id(),
                     "session closed: peer dropped"
                 );
             }

@@ -176,7 +176,8 @@ impl Peer {
         }
         let listener = Listener::bind(&cfg)?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, "listening");
+        self.0.core.after_listen(&addr)?;
+        tracing::info!(target: "teleport::mio", %addr, "listening");
         self.0
             .shared
             .post(Msg::Listen(
@@ -235,7 +236,7 @@ impl Peer {
         if exec::on_loop_of(Arc::as_ptr(core.shared()) as usize) {
             // A handler on the loop: waiting would stop the very loop that
             // closes the sessions. They close by the deadline all the same.
-            tracing::warn!("shutdown called on the peer's own poll loop; not waiting for it");
+            tracing::warn!(target: "teleport::mio", "shutdown called on the peer's own poll loop; not waiting for it");
             return ShutdownReport {
                 sessions,
                 ..ShutdownReport::default()

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use teleport_core::{DecodeBody, Rerror};
-use teleport_peer::{Controller, Group, IntoReply, PeerBuilder, PullCtx, PushCtx};
+use teleport_peer::{
+    Controller, Group, IntoReply, PeerBuilder, PullCtx, PushCtx, UnknownPullCtx, UnknownPushCtx,
+};
 
 /// Synchronous routes on a [`PeerBuilder`].
 ///
@@ -33,18 +35,17 @@ pub trait SyncHandlers {
         F: Fn(PushCtx, A) + Send + Sync + 'static,
         A: DecodeBody + Send + 'static;
 
-    /// Answers pulls to paths with no route (else they get 404).
-    fn unknown_pull_sync<F, A, R>(&mut self, f: F) -> &mut Self
+    /// Answers pulls to paths with no route (else they get 404); the body
+    /// is not decoded first (see [`UnknownPullCtx::bind`]).
+    fn unknown_pull_sync<F, R>(&mut self, f: F) -> &mut Self
     where
-        F: Fn(PullCtx, A) -> Result<R, Rerror> + Send + Sync + 'static,
-        A: DecodeBody + Send + 'static,
+        F: Fn(UnknownPullCtx) -> Result<R, Rerror> + Send + Sync + 'static,
         R: IntoReply + Send + 'static;
 
     /// Takes pushes to paths with no route (else they are dropped).
-    fn unknown_push_sync<F, A>(&mut self, f: F) -> &mut Self
+    fn unknown_push_sync<F>(&mut self, f: F) -> &mut Self
     where
-        F: Fn(PushCtx, A) + Send + Sync + 'static,
-        A: DecodeBody + Send + 'static;
+        F: Fn(UnknownPushCtx) + Send + Sync + 'static;
 }
 
 impl SyncHandlers for PeerBuilder {
@@ -68,22 +69,20 @@ impl SyncHandlers for PeerBuilder {
         })
     }
 
-    fn unknown_pull_sync<F, A, R>(&mut self, f: F) -> &mut Self
+    fn unknown_pull_sync<F, R>(&mut self, f: F) -> &mut Self
     where
-        F: Fn(PullCtx, A) -> Result<R, Rerror> + Send + Sync + 'static,
-        A: DecodeBody + Send + 'static,
+        F: Fn(UnknownPullCtx) -> Result<R, Rerror> + Send + Sync + 'static,
         R: IntoReply + Send + 'static,
     {
-        self.unknown_pull(move |ctx, a| std::future::ready(f(ctx, a)))
+        self.unknown_pull(move |ctx| std::future::ready(f(ctx)))
     }
 
-    fn unknown_push_sync<F, A>(&mut self, f: F) -> &mut Self
+    fn unknown_push_sync<F>(&mut self, f: F) -> &mut Self
     where
-        F: Fn(PushCtx, A) + Send + Sync + 'static,
-        A: DecodeBody + Send + 'static,
+        F: Fn(UnknownPushCtx) + Send + Sync + 'static,
     {
-        self.unknown_push(move |ctx, a| {
-            f(ctx, a);
+        self.unknown_push(move |ctx| {
+            f(ctx);
             std::future::ready(())
         })
     }

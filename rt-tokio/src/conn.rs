@@ -89,18 +89,17 @@ where
                 let closed =
                     tokio::time::timeout(FINAL_FLUSH, poll_fn(|cx| closing.poll_close(cx))).await;
                 if !matches!(closed, Ok(Ok(()))) {
-                    tracing::debug!(session = id, "could not flush the last bytes");
+                    tracing::debug!(target: "teleport::tokio", session = id, "could not flush the last bytes");
                 }
                 drop(closing);
                 if !tasks.is_empty() {
-                    tracing::warn!(
-                        session = id,
+                    tracing::warn!(target: "teleport::tokio", session = id,
                         handlers = tasks.len(),
                         "handlers still running at close are cancelled"
                     );
                     tasks.abort_all();
                 }
-                tracing::info!(session = id, ?reason, "session closed");
+                tracing::info!(target: "teleport::tokio", session = id, ?reason, "session closed");
                 // The read half lingers until the peer's end of input.
                 if input_open(&reason) {
                     let guard = driver.peer().linger();

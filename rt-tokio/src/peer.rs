@@ -272,7 +272,8 @@ impl Peer {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
                 let l = net::bind_tcp_listener(&cfg).await?;
                 let addr = PeerAddr::Tcp(l.local_addr()?);
-                tracing::info!(%addr, "listening");
+                self.0.after_listen(&addr)?;
+                tracing::info!(target: "teleport::tokio", %addr, "listening");
                 tokio::spawn(async move {
                     loop {
                         tokio::select! {
@@ -280,7 +281,7 @@ impl Peer {
                             r = net::accept_tcp(&l, &cfg) => peer.accepted(r, &proto, &tls).await,
                         }
                     }
-                    tracing::info!("listener closed");
+                    tracing::info!(target: "teleport::tokio", "listener closed");
                 });
                 Ok(addr)
             }
@@ -289,7 +290,8 @@ impl Peer {
                 let l = net::bind_unix_listener(&cfg)?;
                 let path = cfg.listen_address.clone();
                 let addr = PeerAddr::Unix(path.clone());
-                tracing::info!(%addr, "listening");
+                self.0.after_listen(&addr)?;
+                tracing::info!(target: "teleport::tokio", %addr, "listening");
                 tokio::spawn(async move {
                     loop {
                         tokio::select! {
@@ -299,7 +301,7 @@ impl Peer {
                             }
                         }
                     }
-                    tracing::info!("listener closed");
+                    tracing::info!(target: "teleport::tokio", "listener closed");
                 });
                 Ok(addr)
             }
@@ -308,7 +310,8 @@ impl Peer {
                 let l = net::bind_unixpacket_listener(&cfg)?;
                 let path = cfg.listen_address.clone();
                 let addr = PeerAddr::Unix(path.clone());
-                tracing::info!(%addr, "listening");
+                self.0.after_listen(&addr)?;
+                tracing::info!(target: "teleport::tokio", %addr, "listening");
                 tokio::spawn(async move {
                     loop {
                         tokio::select! {
@@ -318,7 +321,7 @@ impl Peer {
                             }
                         }
                     }
-                    tracing::info!("listener closed");
+                    tracing::info!(target: "teleport::tokio", "listener closed");
                 });
                 Ok(addr)
             }
@@ -342,7 +345,7 @@ impl Peer {
         let (stream, remote, local) = match r {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(target: "teleport::tokio", error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 return;
             }
@@ -367,7 +370,7 @@ impl Peer {
                         Ok(Err(e)) => TlsError::from_handshake(e, None),
                         Err(_) => TlsError::Timeout(tls.handshake_timeout()),
                     };
-                    tracing::warn!(%remote, error = %e, "TLS handshake failed");
+                    tracing::warn!(target: "teleport::tokio", %remote, error = %e, "TLS handshake failed");
                 });
             }
             #[cfg(not(feature = "tls"))]

@@ -15,7 +15,9 @@ use teleport_core::{
     Codec, CodecError, CodecId, Packet, Plugin, PluginCtx, Rerror, Visit, XferError, XferFilter,
     XferId,
 };
-use teleport_peer::{PeerBuilder, PullCtx, PushCtx, Replied, Session};
+use teleport_peer::{
+    PeerBuilder, PullCtx, PushCtx, Replied, Session, UnknownPullCtx, UnknownPushCtx,
+};
 use tokio::sync::mpsc;
 
 use crate::runtimes::{Rt, Server, SockPath};
@@ -335,8 +337,11 @@ fn server_routes(b: &mut PeerBuilder) -> Seen {
             let _ = tx.send((s, ids));
         }
     });
-    b.unknown_pull(|ctx: PullCtx, body: serde_json::Value| async move {
+    b.unknown_pull(|ctx: UnknownPullCtx| async move {
+        // The body is not decoded before the handler runs: it binds it.
+        let (body, codec): (serde_json::Value, _) = ctx.bind()?;
         let mut r = Replied::new(body)
+            .meta("codec", codec.0.to_string())
             .meta("unknown", "yes")
             .meta("uri", ctx.uri().to_string());
         for (k, v) in ctx.meta().iter() {
@@ -344,7 +349,8 @@ fn server_routes(b: &mut PeerBuilder) -> Seen {
         }
         Ok::<_, Rerror>(r)
     });
-    b.unknown_push(move |ctx: PushCtx, body: serde_json::Value| {
+    b.unknown_push(move |ctx: UnknownPushCtx| {
+        let body: serde_json::Value = ctx.bind().map(|(b, _)| b).unwrap_or_default();
         let tx = unknown_tx.clone();
         let k = ctx.meta().get("k").map(str::to_string);
         let uri = ctx.uri().to_string();

@@ -8,6 +8,22 @@
 //! Hooks run inside the session's state machine, so they get no I/O either:
 //! a plugin acts through its context (send a pull or a push, reply, close
 //! the session, ask to be woken at an instant).
+//!
+//! # Where plugins sit, and in which order they run
+//!
+//! - **Peer-wide** plugins ([`Plugins`] in [`crate::Shared`]) see every
+//!   packet of every session, in the order they were added. Their
+//!   `after_read_header` runs before routing, so it may rewrite the URI
+//!   (an alias) or take the packet over.
+//! - **Route** plugins belong to a router group (`Group::plugin`) or to
+//!   one route (`Router::add_route_plugin`) and see only the packets routed
+//!   there, after the peer-wide ones: a group's before the groups nested in
+//!   it, those before the route's own. For an incoming pull or push they
+//!   run `after_read_header` (on the routed packet; one may take it over)
+//!   and `after_read_body`; for its reply `before_write_reply` (before the
+//!   peer-wide ones: they are closest to the handler), `after_write_reply`
+//!   and `on_call_done`. Their own pulls and timers are peer-wide plugins'
+//!   tools: a route plugin's `PluginCtx::pull` and `wake_at` go nowhere.
 
 mod auth;
 mod heartbeat;
@@ -210,6 +226,12 @@ pub trait Plugin: Send + Sync + 'static {
         Ok(())
     }
 
+    /// A listener of the peer started accepting at `addr` (peer-wide
+    /// plugins only). An `Err` stops that listener before it serves.
+    fn after_listen(&self, addr: &str) -> Result<(), Rerror> {
+        Ok(())
+    }
+
     /// A session was created for a connection this side dialed.
     fn after_dial(&self, ctx: &mut PluginCtx<'_>) -> Result<(), Rerror> {
         Ok(())
@@ -306,6 +328,12 @@ impl Plugins {
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// Runs `after_listen` of every plugin, in order; the first error
+    /// stops.
+    pub fn after_listen(&self, addr: &str) -> Result<(), Rerror> {
+        self.list.iter().try_for_each(|p| p.after_listen(addr))
     }
 
     /// Runs `after_register` of every plugin for every route of `router`.

@@ -118,6 +118,7 @@ use crate::packet::{CodecId, Packet, PacketType, Seq, Uri, XferPipe};
 use crate::plugin::{Action, CallDone, Direction, Extensions, PluginCtx, Plugins};
 use crate::proto::{DecodeJob, Decoded, FastProto, Proto};
 use crate::rerror::Rerror;
+use crate::router::RouteKind;
 use crate::router::{decode_path, Router};
 use crate::xfer::XferRegistry;
 
@@ -415,6 +416,8 @@ struct Incoming {
     started: Instant,
     /// What the pull counts against `max_incoming_bytes`.
     bytes: usize,
+    /// The plugins of the route it was routed to, for its reply.
+    plugins: Option<Arc<Plugins>>,
 }
 
 /// Our own seqs are sequential and chosen by us, so a multiplicative hash
@@ -826,7 +829,15 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 .with_detail(format!("no pull with seq {seq} awaits a reply")));
         };
         self.incoming_bytes -= inc.bytes;
-        let r = self.send_reply(now, seq, inc.uri, inc.xfer, result, Some(inc.started));
+        let r = self.send_reply(
+            now,
+            seq,
+            inc.uri,
+            inc.xfer,
+            result,
+            Some(inc.started),
+            inc.plugins,
+        );
         self.check_drained(now);
         self.apply_actions(now);
         // Room for frames that waited in the buffer for this one to end.
@@ -850,6 +861,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                     xfer: p.xfer.clone(),
                     started: now,
                     bytes,
+                    plugins: None,
                 });
                 true
             }
@@ -891,6 +903,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         xfer: XferPipe,
         result: Result<Packet, Rerror>,
         started: Option<Instant>,
+        route: Option<Arc<Plugins>>,
     ) -> Result<(), Rerror> {
         let mut packet = match result {
             Ok(mut p) => {
@@ -911,7 +924,21 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             }
             Err(e) => self.error_reply(seq, uri.clone(), xfer.clone(), &e),
         };
-        if let Err(e) = self.hooks(now, None, |p, ctx| p.before_write_reply(ctx, &mut packet)) {
+        // The route's plugins first (they are closest to the handler), then
+        // the peer's.
+        let route_said = match &route {
+            Some(r) => self
+                .route_hooks(r, now, None, |p, ctx| {
+                    p.before_write_reply(ctx, &mut packet)
+                })
+                .map(drop),
+            None => Ok(()),
+        };
+        let said = route_said.and_then(|()| {
+            self.hooks(now, None, |p, ctx| p.before_write_reply(ctx, &mut packet))
+                .map(drop)
+        });
+        if let Err(e) = said {
             packet = self.error_reply(seq, uri.clone(), xfer.clone(), &e);
         }
         let mut outcome = Ok(());
@@ -941,7 +968,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             error.as_ref(),
             elapsed,
         );
-        let _ = self.hooks(now, Some(len), |p, ctx| {
+        let mut after = |p: &dyn crate::plugin::Plugin, ctx: &mut PluginCtx<'_>| {
             p.after_write_reply(ctx, &packet);
             if let Some(elapsed) = elapsed {
                 p.on_call_done(
@@ -955,8 +982,42 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 );
             }
             Ok(())
-        });
+        };
+        if let Some(r) = &route {
+            let _ = self.route_hooks(r, now, Some(len), &mut after);
+        }
+        let _ = self.hooks(now, Some(len), after);
         outcome
+    }
+
+    /// Runs `f` for every plugin of a route, in order; stops at the first
+    /// error. `Ok(true)`: a plugin swallowed the packet. A route plugin's
+    /// context names no peer-wide plugin, so its own pulls and timers (which
+    /// are peer-wide plugins' tools) go nowhere.
+    fn route_hooks(
+        &mut self,
+        plugins: &Plugins,
+        now: Instant,
+        frame_len: Option<usize>,
+        mut f: impl FnMut(&dyn crate::plugin::Plugin, &mut PluginCtx<'_>) -> Result<(), Rerror>,
+    ) -> Result<bool, Rerror> {
+        for plugin in plugins.iter() {
+            let mut ctx = PluginCtx {
+                now,
+                role: self.role,
+                session_id: self.id,
+                plugin: usize::MAX,
+                frame_len,
+                ext: &mut self.ext,
+                actions: &mut self.actions,
+                swallowed: false,
+            };
+            f(&**plugin, &mut ctx)?;
+            if ctx.swallowed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Starts a graceful close: new pulls and pushes are refused (a
@@ -1037,7 +1098,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                             size: self.rx.len(),
                             limit,
                         };
-                        tracing::warn!(session = self.id, error = %e, "bad frame, closing session");
+                        tracing::warn!(target: "teleport::session", session = self.id, error = %e, "bad frame, closing session");
                         self.abort(now, CloseReason::Protocol(e));
                         break;
                     }
@@ -1051,7 +1112,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(session = self.id, error = %e, "bad frame, closing session");
+                    tracing::warn!(target: "teleport::session", session = self.id, error = %e, "bad frame, closing session");
                     self.abort(now, CloseReason::Protocol(e));
                 }
             }
@@ -1078,7 +1139,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 self.apply_actions(now);
             }
             Err(e) => {
-                tracing::warn!(session = self.id, error = %e, "bad frame, closing session");
+                tracing::warn!(target: "teleport::session", session = self.id, error = %e, "bad frame, closing session");
                 self.abort(now, CloseReason::Protocol(e));
             }
         }
@@ -1133,8 +1194,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             };
         }
         self.closing_reason.get_or_insert(CloseReason::PeerClosed);
-        tracing::debug!(
-            session = self.id,
+        tracing::debug!(target: "teleport::session", session = self.id,
             handlers = self.incoming.len(),
             "input ended; finishing the peer's pulls before closing"
         );
@@ -1160,7 +1220,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         if self.state == State::Closed || self.write_failed.is_some() {
             return;
         }
-        tracing::debug!(session = self.id, %error, "write failed; reading what already came");
+        tracing::debug!(target: "teleport::session", session = self.id, %error, "write failed; reading what already came");
         let until = now.checked_add(WRITE_ERROR_GRACE).unwrap_or(now);
         self.write_failed = Some((error.to_string(), until));
         self.tx.clear();
@@ -1177,7 +1237,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
 
     fn on_packet(&mut self, now: Instant, mut p: Packet, len: usize) {
         if !p.ptype.is_known() {
-            tracing::error!(session = self.id, ptype = p.ptype.0, seq = %p.seq, uri = %p.uri,
+            tracing::error!(target: "teleport::session", session = self.id, ptype = p.ptype.0, seq = %p.seq, uri = %p.uri,
                 "unsupported packet type, closing session");
             self.abort(now, CloseReason::UnknownPacketType(p.ptype.0));
             return;
@@ -1190,7 +1250,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 // answer (`PluginCtx::reply`): register it so the reply
                 // finds it, as a routed pull would be.
                 if p.ptype == PacketType::PULL && !self.admit_pull(now, &p, len) {
-                    tracing::warn!(session = self.id, seq = %p.seq, uri = %p.uri,
+                    tracing::warn!(target: "teleport::session", session = self.id, seq = %p.seq, uri = %p.uri,
                         "swallowed pull reuses the seq of a pull still being handled");
                 }
                 return self.apply_actions(now);
@@ -1208,14 +1268,14 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
     fn on_pull(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>, len: usize) {
         let seq = p.seq;
         if self.write_failed.is_some() {
-            tracing::debug!(session = self.id, %seq, uri = %p.uri,
+            tracing::debug!(target: "teleport::session", session = self.id, %seq, uri = %p.uri,
                 "pull after a failed write: it cannot be answered; dropped");
             return;
         }
         // Registered first: whatever happens next, the pull gets exactly
         // one reply.
         if !self.admit_pull(now, &p, len) {
-            tracing::warn!(session = self.id, %seq, uri = %p.uri,
+            tracing::warn!(target: "teleport::session", session = self.id, %seq, uri = %p.uri,
                 "pull reuses the seq of a pull still being handled; dropped");
             return;
         }
@@ -1226,16 +1286,31 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             let path = decode_path(p.uri.path()).map_err(Rerror::bad_packet)?;
             self.shared
                 .router
-                .route_pull(&path)
-                .cloned()
+                .route(RouteKind::Pull, &path)
+                .map(|r| (r.handler.clone(), r.plugins.cloned()))
                 .ok_or_else(Rerror::not_found)
         });
-        let routed = routed.and_then(|h| {
-            self.hooks(now, None, |pl, ctx| pl.after_read_body(ctx, &mut p))
-                .map(|_| h)
+        let routed = routed.and_then(|(h, route)| {
+            if let Some(route) = &route {
+                if let Some(inc) = self.incoming.get_mut(&seq.0) {
+                    inc.plugins = Some(route.clone());
+                }
+                // The route's own plugins see the routed packet; one may
+                // take it over (and answer it).
+                if self.route_hooks(route, now, Some(len), |pl, ctx| {
+                    pl.after_read_header(ctx, &mut p)
+                })? {
+                    return Ok(None);
+                }
+            }
+            self.hooks(now, None, |pl, ctx| pl.after_read_body(ctx, &mut p))?;
+            if let Some(route) = &route {
+                self.route_hooks(route, now, None, |pl, ctx| pl.after_read_body(ctx, &mut p))?;
+            }
+            Ok(Some(h))
         });
         match routed {
-            Ok(handler) => {
+            Ok(Some(handler)) => {
                 let reply_codec = if self.shared.codecs.get(p.body_codec).is_ok() {
                     p.body_codec
                 } else {
@@ -1248,6 +1323,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                     reply_codec,
                 }));
             }
+            Ok(None) => {}
             Err(e) => {
                 let _ = self.reply(now, seq, Err(e));
             }
@@ -1259,21 +1335,32 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             let path = decode_path(p.uri.path()).map_err(Rerror::bad_packet)?;
             self.shared
                 .router
-                .route_push(&path)
-                .cloned()
+                .route(RouteKind::Push, &path)
+                .map(|r| (r.handler.clone(), r.plugins.cloned()))
                 .ok_or_else(Rerror::not_found)
         });
-        let routed = routed.and_then(|h| {
-            self.hooks(now, None, |pl, ctx| pl.after_read_body(ctx, &mut p))
-                .map(|_| h)
+        let routed = routed.and_then(|(h, route)| {
+            if let Some(route) = &route {
+                if self.route_hooks(route, now, None, |pl, ctx| {
+                    pl.after_read_header(ctx, &mut p)
+                })? {
+                    return Ok(None);
+                }
+            }
+            self.hooks(now, None, |pl, ctx| pl.after_read_body(ctx, &mut p))?;
+            if let Some(route) = &route {
+                self.route_hooks(route, now, None, |pl, ctx| pl.after_read_body(ctx, &mut p))?;
+            }
+            Ok(Some(h))
         });
         match routed {
-            Ok(handler) => self
+            Ok(Some(handler)) => self
                 .events
                 .push_back(Event::Push(IncomingPush { packet: p, handler })),
+            Ok(None) => self.apply_actions(now),
             Err(e) => {
                 self.stats.dropped_pushes += 1;
-                tracing::warn!(session = self.id, uri = %p.uri, error = %e, "push dropped");
+                tracing::warn!(target: "teleport::session", session = self.id, uri = %p.uri, error = %e, "push dropped");
             }
         }
     }
@@ -1282,7 +1369,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         let seq = p.seq;
         let Some(pend) = self.pending.remove(&seq.0) else {
             self.stats.unmatched_replies += 1;
-            tracing::warn!(session = self.id, seq = %p.seq, uri = %p.uri,
+            tracing::warn!(target: "teleport::session", session = self.id, seq = %p.seq, uri = %p.uri,
                 "reply matches no pending pull; dropped");
             return;
         };
@@ -1435,8 +1522,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         }
         if let (Some(at), Some(limit)) = (self.frame_deadline(), self.shared.config.frame_timeout) {
             if at <= now {
-                tracing::warn!(
-                    session = self.id,
+                tracing::warn!(target: "teleport::session", session = self.id,
                     ?limit,
                     buffered = self.rx.len(),
                     "frame not complete in time, closing session"
@@ -1634,16 +1720,16 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                     }
                     Action::Push(packet) => {
                         if let Err(e) = self.push_inner(now, packet, true) {
-                            tracing::debug!(session = self.id, error = %e, "plugin push refused");
+                            tracing::debug!(target: "teleport::session", session = self.id, error = %e, "plugin push refused");
                         }
                     }
                     Action::Reply { seq, result } => {
                         if let Err(e) = self.reply(now, seq, result) {
-                            tracing::debug!(session = self.id, error = %e, "plugin reply refused");
+                            tracing::debug!(target: "teleport::session", session = self.id, error = %e, "plugin reply refused");
                         }
                     }
                     Action::Close(e) => {
-                        tracing::info!(session = self.id, error = %e, "plugin closes the session");
+                        tracing::info!(target: "teleport::session", session = self.id, error = %e, "plugin closes the session");
                         self.abort(now, CloseReason::Plugin(e));
                     }
                     Action::WakeAt { plugin, at } => {
@@ -1656,8 +1742,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 }
             }
         }
-        tracing::warn!(
-            session = self.id,
+        tracing::warn!(target: "teleport::session", session = self.id,
             "plugins kept queueing actions; the rest were dropped"
         );
         self.actions.clear();

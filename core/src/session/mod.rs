@@ -829,15 +829,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 .with_detail(format!("no pull with seq {seq} awaits a reply")));
         };
         self.incoming_bytes -= inc.bytes;
-        let r = self.send_reply(
-            now,
-            seq,
-            inc.uri,
-            inc.xfer,
-            result,
-            Some(inc.started),
-            inc.plugins,
-        );
+        let r = self.send_reply(now, seq, inc, result);
         self.check_drained(now);
         self.apply_actions(now);
         // Room for frames that waited in the buffer for this one to end.
@@ -899,12 +891,17 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         &mut self,
         now: Instant,
         seq: Seq,
-        uri: Uri,
-        xfer: XferPipe,
+        inc: Incoming,
         result: Result<Packet, Rerror>,
-        started: Option<Instant>,
-        route: Option<Arc<Plugins>>,
     ) -> Result<(), Rerror> {
+        let Incoming {
+            uri,
+            xfer,
+            started,
+            plugins: route,
+            ..
+        } = inc;
+        let started = Some(started);
         let mut packet = match result {
             Ok(mut p) => {
                 p.ptype = PacketType::REPLY;

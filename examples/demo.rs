@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use teleport::tokio::{Peer, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied};
+use teleport::tokio::{Answer, Peer, PeerBuilder, PeerConfig, PullCtx, PushCtx};
 use teleport::Rerror;
 
 /// The seed's `Home` controller: `Home::test` serves `/home/test`.
@@ -31,13 +31,13 @@ struct Sum {
 }
 
 impl Home {
-    async fn test(self: Arc<Self>, ctx: PullCtx, args: Args) -> Result<Replied<Sum>, Rerror> {
+    async fn test(self: Arc<Self>, ctx: PullCtx, args: Args) -> Result<Answer<Sum>, Rerror> {
         // Push to the caller before replying, as the seed's demo does.
         let note = format!("server got {args:?}");
         ctx.session().push("/push/note", &note).await?;
         let peer_id = ctx.query().get("peer_id").unwrap_or_default().to_string();
         let author = ctx.meta().get("author").unwrap_or_default().to_string();
-        Ok(Replied::new(Sum {
+        Ok(Answer::new(Sum {
             sum: args.a + args.b,
             peer_id,
             author,

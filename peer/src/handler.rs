@@ -146,7 +146,7 @@ impl PullCtx {
 }
 
 /// What a pull handler may return: any body value (encoded with the
-/// pull's codec), or [`Replied`] to add meta, pick a codec or filters.
+/// pull's codec), or [`Answer`] to add meta, pick a codec or filters.
 pub trait IntoReply {
     /// Turns the handler's value into a reply packet (meta, codec, body,
     /// extra filters).
@@ -173,7 +173,7 @@ impl<T: EncodeBody> IntoReply for T {
 /// A reply value with meta, and optionally its own codec and extra
 /// transfer filters (added after the pull's, which a reply always keeps).
 #[derive(Debug, Clone, Default)]
-pub struct Replied<T> {
+pub struct Answer<T> {
     /// The body value.
     pub value: T,
     /// Meta for the reply.
@@ -184,10 +184,10 @@ pub struct Replied<T> {
     pub xfer: XferPipe,
 }
 
-impl<T> Replied<T> {
+impl<T> Answer<T> {
     /// The value with no meta.
     pub fn new(value: T) -> Self {
-        Replied {
+        Answer {
             value,
             meta: Meta::new(),
             codec: None,
@@ -208,7 +208,7 @@ impl<T> Replied<T> {
     }
 }
 
-impl<T: EncodeBody> IntoReply for Replied<T> {
+impl<T: EncodeBody> IntoReply for Answer<T> {
     fn into_reply(self, codecs: &CodecRegistry, codec: CodecId) -> Result<Packet, Rerror> {
         let mut p = encode_reply(&self.value, codecs, self.codec.unwrap_or(codec))?;
         p.meta = self.meta;

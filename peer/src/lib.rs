@@ -1,20 +1,19 @@
 //! `teleport-peer`: the half of a teleport peer that does not depend on a
 //! runtime, shared by every adapter (`teleport-tokio`, `teleport-async-std`,
-//! `teleport-mio`) so none of them writes it again.
+//! `teleport-mio`) so none of them writes it again. Users reach it through
+//! the `teleport` crate; what is at the top here is theirs:
 //!
 //! - [`PeerConfig`]: settings, loadable from TOML or YAML.
-//! - [`PeerBuilder`]: routes, controllers, plugins, codecs and filters.
-//! - [`Handler`], [`PullCtx`], [`PushCtx`], [`IntoReply`]: handlers.
+//! - [`PeerBuilder`]: routes, groups, controllers, plugins, codecs, filters.
+//! - [`PullCtx`], [`PushCtx`], [`UnknownPullCtx`], [`UnknownPushCtx`],
+//!   [`IntoReply`], [`Answer`]: handlers.
 //! - [`Session`], [`Call`], [`Reply`]: the handle user code pulls and
-//!   pushes through. Where the adapter shares the connection
-//!   ([`direct`]), a call is encoded and written by its caller while the
-//!   connection is free; otherwise it goes to the connection's owner by
-//!   message, with channels that work on any executor.
-//! - [`Driver`]: what a connection's owner does besides waiting.
-//! - [`PeerCore`]: the session registry and graceful shutdown.
-//! - [`direct`]: the connection shared by its owner and the session's
-//!   callers, so a caller writes its own calls.
-//! - [`net`]: socket details that are the same on every runtime.
+//!   pushes through; [`PeerRef`]: the peer as handlers see it.
+//! - [`DialOptions`], [`ListenOptions`], [`ServeOptions`], [`DialError`].
+//!
+//! The machinery adapters are built from (the connection driver, the
+//! session registry, the shared connection, socket helpers) is in
+//! [`adapter`].
 #![warn(missing_docs)]
 
 mod addr;
@@ -36,20 +35,30 @@ mod valid;
 pub use addr::PeerAddr;
 pub use builder::{Controller, Group, PeerBuilder};
 pub use config::{ConfigError, Network, PeerConfig, TlsDialSettings, TlsListenSettings};
-pub use driver::{
-    closed_error, finish_handler, panicked, refuse, CoreSession, Done, Driver, HandlerCall, Token,
-    BUDGET, FINAL_FLUSH, FLUSH_GRACE, INLINE_DECODE_LIMIT, MAX_REDIAL_WAIT,
-};
-pub use handler::{
-    pull_handler, push_handler, unknown_pull_handler, unknown_push_handler, BoxFuture, Handler,
-    IntoReply, PullCtx, PushCtx, Replied, UnknownPullCtx, UnknownPushCtx,
-};
+pub use handler::{Answer, BoxFuture, IntoReply, PullCtx, PushCtx, UnknownPullCtx, UnknownPushCtx};
 pub use options::{DialError, DialOptions, ListenOptions, ServeOptions};
 pub use peer_ref::{Broadcast, PeerRef};
-pub use registry::{
-    Abort, Blocking, Linger, PeerCore, PeerTls, ProtoFunc, SessionStart, ShutdownReport, LINGER,
-    LINGER_BYTES,
-};
-pub use session::{Call, Command, DirectPath, Reply, Session, Wake};
+pub use registry::{ProtoFunc, ShutdownReport};
+pub use session::{Call, Reply, Session};
 #[cfg(feature = "validate")]
 pub use valid::{garde, Valid};
+
+/// For adapter authors: what a runtime adapter is built from. A
+/// connection's owner drives a [`Driver`](adapter::Driver) and waits on its
+/// runtime; [`PeerCore`](adapter::PeerCore) keeps the sessions and the
+/// shutdown; [`direct`] shares a connection with the session's callers;
+/// [`net`] has the socket details that are the same everywhere.
+pub mod adapter {
+    pub use crate::driver::{
+        closed_error, finish_handler, panicked, refuse, CoreSession, Done, Driver, HandlerCall,
+        Token, BUDGET, FINAL_FLUSH, FLUSH_GRACE, INLINE_DECODE_LIMIT, MAX_REDIAL_WAIT,
+    };
+    pub use crate::handler::{
+        pull_handler, push_handler, unknown_pull_handler, unknown_push_handler, Handler,
+    };
+    pub use crate::registry::{
+        Abort, Blocking, Linger, PeerCore, PeerTls, SessionStart, LINGER, LINGER_BYTES,
+    };
+    pub use crate::session::{Command, DirectPath, Wake};
+    pub use crate::{direct, net};
+}

@@ -58,7 +58,7 @@ impl DialOptions {
 
     /// The TLS connector of this dial: its own, else the peer's.
     #[cfg(feature = "tls")]
-    pub fn tls_for(&self, peer: &crate::PeerCore) -> Option<crate::tls::TlsConnector> {
+    pub fn tls_for(&self, peer: &crate::adapter::PeerCore) -> Option<crate::tls::TlsConnector> {
         match &self.tls {
             Some(choice) => choice.clone(),
             None => peer.tls().connector.clone(),
@@ -124,7 +124,7 @@ impl ListenOptions {
 
     /// The TLS acceptor of this listener: its own, else the peer's.
     #[cfg(feature = "tls")]
-    pub fn tls_for(&self, peer: &crate::PeerCore) -> Option<crate::tls::TlsAcceptor> {
+    pub fn tls_for(&self, peer: &crate::adapter::PeerCore) -> Option<crate::tls::TlsAcceptor> {
         match &self.tls {
             Some(choice) => choice.clone(),
             None => peer.tls().acceptor.clone(),

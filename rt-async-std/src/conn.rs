@@ -25,11 +25,11 @@ use async_io::Timer;
 use futures_lite::io::{AsyncRead, AsyncReadExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use teleport_core::CloseReason;
-use teleport_peer::direct::{ConnWrite, Live, SharedConn, Turn};
-use teleport_peer::{
-    finish_handler, BoxFuture, Command, Done, Driver, Linger, BUDGET, FINAL_FLUSH, LINGER,
-    LINGER_BYTES,
+use teleport_peer::adapter::{
+    finish_handler, Command, Done, Driver, Linger, BUDGET, FINAL_FLUSH, LINGER, LINGER_BYTES,
 };
+use teleport_peer::direct::{ConnWrite, Live, SharedConn, Turn};
+use teleport_peer::BoxFuture;
 
 use crate::executor::Executor;
 use crate::transport::Connection;

@@ -64,9 +64,9 @@ pub mod transport;
 pub use executor::{Executor, Spawn};
 pub use peer::Peer;
 pub use teleport_peer::{
-    BoxFuture, Call, Controller, DialError, DialOptions, Group, Handler, IntoReply, ListenOptions,
-    Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions,
-    Session, ShutdownReport,
+    Answer, BoxFuture, Broadcast, Call, Controller, DialError, DialOptions, Group, IntoReply,
+    ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerRef, PullCtx, PushCtx, Reply,
+    ServeOptions, Session, ShutdownReport, UnknownPullCtx, UnknownPushCtx,
 };
 
 pub use teleport_core as core;
@@ -77,9 +77,9 @@ pub use teleport_core as core;
 macro_rules! preset {
     ($variant:ident, $module:literal, $runtime:literal, $block_on:literal) => {
         pub use crate::{
-            core, BoxFuture, Call, Controller, DialError, DialOptions, Executor, Group, Handler, IntoReply,
-            ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied,
-            Reply, ServeOptions, Session, ShutdownReport, Spawn,
+            core, BoxFuture, Call, Controller, DialError, DialOptions, Executor, Group, IntoReply,
+            ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Answer,
+            Reply, ServeOptions, Session, ShutdownReport, Spawn, UnknownPullCtx, UnknownPushCtx, PeerRef, Broadcast,
         };
 
         #[doc = concat!("A [`Peer`](crate::Peer) whose tasks run on ", $runtime, "'s global")]

@@ -11,11 +11,12 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::FutureExt as _;
 use teleport_core::Role;
+use teleport_peer::adapter::{PeerCore, SessionStart};
 #[cfg(feature = "tls")]
 use teleport_peer::tls::{TlsAcceptor, TlsConnector, TlsError};
 use teleport_peer::{
     BoxFuture, DialError, DialOptions, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig,
-    PeerCore, ProtoFunc, ServeOptions, Session, SessionStart, ShutdownReport,
+    ProtoFunc, ServeOptions, Session, ShutdownReport,
 };
 
 use crate::executor::Executor;
@@ -445,7 +446,8 @@ impl Peer {
         let sessions = self.core.begin_shutdown(deadline);
         // The core abandons what is pending at the deadline; allow a moment
         // for the last flush before cancelling tasks.
-        let hard = PeerCore::deadline_after(timeout.saturating_add(teleport_peer::FLUSH_GRACE));
+        let hard =
+            PeerCore::deadline_after(timeout.saturating_add(teleport_peer::adapter::FLUSH_GRACE));
         futures_lite::future::or(self.core.all_gone(), async {
             Timer::at(hard).await;
         })
@@ -454,7 +456,7 @@ impl Peer {
         // Closed connections wait (briefly) for their peers to read the last
         // replies: a process that exits now would reset them.
         futures_lite::future::or(self.core.lingering_done(), async {
-            Timer::after(teleport_peer::LINGER).await;
+            Timer::after(teleport_peer::adapter::LINGER).await;
         })
         .await;
         report

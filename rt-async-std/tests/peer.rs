@@ -17,7 +17,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use teleport_async_std::core::{CodecId, Protobuf, Rerror, XferId};
 use teleport_async_std::{
-    Executor, Peer, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Session,
+    Answer, Executor, Peer, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Session,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -73,18 +73,18 @@ fn server(cfg: PeerConfig, exec: Executor, pushes: Pushes) -> Peer {
     let mut b = PeerBuilder::new(cfg);
     b.pull("/json/echo", |ctx: PullCtx, p: Point| async move {
         let gz = gz(&ctx);
-        Ok::<_, Rerror>(Replied::new(p).meta("gz", gz))
+        Ok::<_, Rerror>(Answer::new(p).meta("gz", gz))
     });
     b.pull(
         "/proto/echo",
         |ctx: PullCtx, p: Protobuf<Ping>| async move {
             let gz = gz(&ctx);
-            Ok::<_, Rerror>(Replied::new(p).meta("gz", gz))
+            Ok::<_, Rerror>(Answer::new(p).meta("gz", gz))
         },
     );
     b.pull("/string/echo", |ctx: PullCtx, s: String| async move {
         let gz = gz(&ctx);
-        Ok::<_, Rerror>(Replied::new(s).meta("gz", gz))
+        Ok::<_, Rerror>(Answer::new(s).meta("gz", gz))
     });
     b.pull("/never", |_ctx: PullCtx, _: ()| async move {
         std::future::pending::<()>().await;

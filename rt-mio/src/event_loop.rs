@@ -20,11 +20,11 @@ use bytes::{Buf, BytesMut};
 use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 use teleport_core::{CloseReason, Rerror, Role};
-use teleport_peer::{
-    finish_handler, refuse, Abort, BoxFuture, Command, CoreSession, Done, Driver, Linger,
-    PeerConfig, PeerCore, ProtoFunc, Session, SessionStart, Wake, FINAL_FLUSH, LINGER,
-    LINGER_BYTES,
+use teleport_peer::adapter::{
+    finish_handler, refuse, Abort, Command, CoreSession, Done, Driver, Linger, PeerCore,
+    SessionStart, Wake, FINAL_FLUSH, LINGER, LINGER_BYTES,
 };
+use teleport_peer::{BoxFuture, PeerConfig, ProtoFunc, Session};
 
 use crate::exec::{self, Home, Pool, Task};
 use crate::net::{self, Connected, DialTls, ListenTls, Listener, Stream};

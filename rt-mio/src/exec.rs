@@ -11,7 +11,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::Instant;
 
-use teleport_peer::{BoxFuture, Done, HandlerCall};
+use teleport_peer::adapter::{Done, HandlerCall};
+use teleport_peer::BoxFuture;
 
 use crate::event_loop::{LoopShared, Msg};
 

@@ -70,9 +70,9 @@ pub use peer::{default_workers, Peer};
 pub use session::{Call, Session};
 pub use sync::{SyncController, SyncGroup, SyncHandlers};
 pub use teleport_peer::{
-    BoxFuture, Controller, DialError, DialOptions, Group, Handler, IntoReply, ListenOptions,
-    Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions,
-    ShutdownReport,
+    Answer, BoxFuture, Broadcast, Controller, DialError, DialOptions, Group, IntoReply,
+    ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerRef, PullCtx, PushCtx, Reply,
+    ServeOptions, ShutdownReport, UnknownPullCtx, UnknownPushCtx,
 };
 
 pub use teleport_core as core;

@@ -10,10 +10,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
+use teleport_peer::adapter::PeerCore;
 #[cfg(unix)]
 use teleport_peer::net::{clear_stale_unix_socket, set_buffer_sizes, SeqPacket};
 use teleport_peer::net::{connect_tcp_blocking, fit_family};
-use teleport_peer::{DialError, Network, PeerAddr, PeerConfig, PeerCore};
+use teleport_peer::{DialError, Network, PeerAddr, PeerConfig};
 
 /// A connection the poll loop can run a session over, besides its own TCP
 /// and unix streams: a TLS stream, or one of the user's (see

@@ -6,9 +6,10 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use teleport_core::Role;
+use teleport_peer::adapter::{PeerCore, SessionStart};
 use teleport_peer::{
-    DialError, DialOptions, ListenOptions, PeerAddr, PeerBuilder, PeerConfig, PeerCore,
-    ServeOptions, SessionStart, ShutdownReport,
+    DialError, DialOptions, ListenOptions, PeerAddr, PeerBuilder, PeerConfig, ServeOptions,
+    ShutdownReport,
 };
 
 use crate::event_loop::{new_session, EventLoop, LoopShared, Msg};
@@ -244,12 +245,13 @@ impl Peer {
         }
         // The core abandons what is pending at the deadline; allow a moment
         // for the last flush before cancelling.
-        let hard = PeerCore::deadline_after(timeout.saturating_add(teleport_peer::FLUSH_GRACE));
+        let hard =
+            PeerCore::deadline_after(timeout.saturating_add(teleport_peer::adapter::FLUSH_GRACE));
         let _ = exec::block_on_until(core.all_gone(), Some(hard));
         let report = core.end_shutdown(sessions);
         // Closed connections wait (briefly) for their peers to read the last
         // replies: a process that exits now would reset them.
-        let linger = PeerCore::deadline_after(teleport_peer::LINGER);
+        let linger = PeerCore::deadline_after(teleport_peer::adapter::LINGER);
         let _ = exec::block_on_until(core.lingering_done(), Some(linger));
         report
     }

@@ -10,7 +10,8 @@ use teleport_core::{
     CodecId, CodecRegistry, DecodeBody, EncodeBody, Meta, Packet, Rerror, Shared, Uri, XferId,
     XferPipe,
 };
-use teleport_peer::{Handler, PeerAddr, Reply};
+use teleport_peer::adapter::Handler;
+use teleport_peer::{PeerAddr, Reply};
 
 use crate::exec;
 
@@ -124,8 +125,9 @@ impl Session {
     /// the peer's own loop thread it only starts the close.)
     pub fn close(&self) {
         if check_not_own_loop(&self.0).is_err() {
-            let deadline =
-                teleport_peer::PeerCore::deadline_after(self.0.shared().config.close_timeout);
+            let deadline = teleport_peer::adapter::PeerCore::deadline_after(
+                self.0.shared().config.close_timeout,
+            );
             self.0.close_by(deadline);
             return;
         }

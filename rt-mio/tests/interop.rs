@@ -111,19 +111,19 @@ fn tokio_server_and_mio_client() {
     b.pull(
         "/json",
         |ctx: teleport_tokio::PullCtx, p: Point| async move {
-            Ok::<_, Rerror>(teleport_tokio::Replied::new(p).meta("gz", gz(ctx.xfer())))
+            Ok::<_, Rerror>(teleport_tokio::Answer::new(p).meta("gz", gz(ctx.xfer())))
         },
     );
     b.pull(
         "/proto",
         |ctx: teleport_tokio::PullCtx, p: Protobuf<Ping>| async move {
-            Ok::<_, Rerror>(teleport_tokio::Replied::new(p).meta("gz", gz(ctx.xfer())))
+            Ok::<_, Rerror>(teleport_tokio::Answer::new(p).meta("gz", gz(ctx.xfer())))
         },
     );
     b.pull(
         "/string",
         |ctx: teleport_tokio::PullCtx, s: String| async move {
-            Ok::<_, Rerror>(teleport_tokio::Replied::new(s).meta("gz", gz(ctx.xfer())))
+            Ok::<_, Rerror>(teleport_tokio::Answer::new(s).meta("gz", gz(ctx.xfer())))
         },
     );
     b.pull(
@@ -179,13 +179,13 @@ fn mio_server_and_tokio_client() {
     test_logs();
     let mut b = teleport_mio::PeerBuilder::new(teleport_mio::PeerConfig::default());
     b.pull_sync("/json", |ctx: teleport_mio::PullCtx, p: Point| {
-        Ok::<_, Rerror>(teleport_mio::Replied::new(p).meta("gz", gz(ctx.xfer())))
+        Ok::<_, Rerror>(teleport_mio::Answer::new(p).meta("gz", gz(ctx.xfer())))
     });
     b.pull_sync("/proto", |ctx: teleport_mio::PullCtx, p: Protobuf<Ping>| {
-        Ok::<_, Rerror>(teleport_mio::Replied::new(p).meta("gz", gz(ctx.xfer())))
+        Ok::<_, Rerror>(teleport_mio::Answer::new(p).meta("gz", gz(ctx.xfer())))
     });
     b.pull_sync("/string", |ctx: teleport_mio::PullCtx, s: String| {
-        Ok::<_, Rerror>(teleport_mio::Replied::new(s).meta("gz", gz(ctx.xfer())))
+        Ok::<_, Rerror>(teleport_mio::Answer::new(s).meta("gz", gz(ctx.xfer())))
     });
     b.pull_sync("/fail", |_ctx: teleport_mio::PullCtx, d: String| {
         Err::<(), _>(Rerror::new(1001, "demo error").with_detail(d))

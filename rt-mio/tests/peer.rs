@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use teleport_core::{CodecId, Protobuf, Rerror, XferId};
 use teleport_mio::prelude::*;
-use teleport_mio::{Peer, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Session};
+use teleport_mio::{Answer, Peer, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Session};
 
 use common::{configs, dial_addr, guard, recv, test_logs, yield_now, Transport};
 
@@ -72,7 +72,7 @@ fn server(cfg: PeerConfig, pushes: Pushes, mode: Mode) -> Peer {
     b.pull_sync("/json/echo", |ctx: PullCtx, p: Point| {
         let gz = gz(&ctx);
         Ok::<_, Rerror>(
-            Replied::new(p)
+            Answer::new(p)
                 .meta("gz", gz)
                 .meta("codec", ctx.body_codec().to_string()),
         )
@@ -80,7 +80,7 @@ fn server(cfg: PeerConfig, pushes: Pushes, mode: Mode) -> Peer {
     b.pull_sync("/proto/echo", |ctx: PullCtx, p: Protobuf<Ping>| {
         let gz = gz(&ctx);
         Ok::<_, Rerror>(
-            Replied::new(p)
+            Answer::new(p)
                 .meta("gz", gz)
                 .meta("codec", ctx.body_codec().to_string()),
         )
@@ -88,7 +88,7 @@ fn server(cfg: PeerConfig, pushes: Pushes, mode: Mode) -> Peer {
     b.pull_sync("/string/echo", |ctx: PullCtx, s: String| {
         let gz = gz(&ctx);
         Ok::<_, Rerror>(
-            Replied::new(s)
+            Answer::new(s)
                 .meta("gz", gz)
                 .meta("codec", ctx.body_codec().to_string()),
         )
@@ -96,7 +96,7 @@ fn server(cfg: PeerConfig, pushes: Pushes, mode: Mode) -> Peer {
     b.pull_sync("/meta/echo", |ctx: PullCtx, body: String| {
         let q = ctx.query();
         let m = ctx.meta();
-        let r = Replied::new(format!("{}|{body}", ctx.path()))
+        let r = Answer::new(format!("{}|{body}", ctx.path()))
             .meta("q-id", q.get("id").unwrap_or("-"))
             .meta("q-name", q.get("name").unwrap_or("-"))
             .meta("m-author", m.get("author").unwrap_or("-"))

@@ -17,10 +17,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use teleport_core::CloseReason;
-use teleport_peer::direct::{ConnWrite, Live, SharedConn, Turn};
-use teleport_peer::{
+use teleport_peer::adapter::{
     finish_handler, Command, Done, Driver, Linger, BUDGET, FINAL_FLUSH, LINGER, LINGER_BYTES,
 };
+use teleport_peer::direct::{ConnWrite, Live, SharedConn, Turn};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::task::JoinSet;
 

@@ -46,9 +46,9 @@ pub mod transport;
 
 pub use peer::Peer;
 pub use teleport_peer::{
-    BoxFuture, Call, Controller, DialError, DialOptions, Group, Handler, IntoReply, ListenOptions,
-    Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, ServeOptions,
-    Session, ShutdownReport,
+    Answer, BoxFuture, Broadcast, Call, Controller, DialError, DialOptions, Group, IntoReply,
+    ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerRef, PullCtx, PushCtx, Reply,
+    ServeOptions, Session, ShutdownReport, UnknownPullCtx, UnknownPushCtx,
 };
 
 pub use teleport_core as core;

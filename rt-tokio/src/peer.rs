@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use teleport_core::Role;
+use teleport_peer::adapter::{PeerCore, SessionStart, FLUSH_GRACE, LINGER};
 #[cfg(feature = "tls")]
 use teleport_peer::tls::{TlsAcceptor, TlsConnector, TlsError};
 use teleport_peer::{
-    DialError, DialOptions, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerCore,
-    ProtoFunc, ServeOptions, Session, SessionStart, ShutdownReport, FLUSH_GRACE, LINGER,
+    DialError, DialOptions, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, ProtoFunc,
+    ServeOptions, Session, ShutdownReport,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use teleport_core::{CodecId, Protobuf, Rerror, XferId};
-use teleport_tokio::{Peer, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Session};
+use teleport_tokio::{Answer, Peer, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Session};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -57,7 +57,7 @@ fn server(cfg: PeerConfig, pushes: Pushes) -> Peer {
     b.pull("/json/echo", |ctx: PullCtx, p: Point| async move {
         let gz = gz(&ctx);
         Ok::<_, Rerror>(
-            Replied::new(p)
+            Answer::new(p)
                 .meta("gz", gz)
                 .meta("codec", ctx.body_codec().to_string()),
         )
@@ -67,7 +67,7 @@ fn server(cfg: PeerConfig, pushes: Pushes) -> Peer {
         |ctx: PullCtx, p: Protobuf<Ping>| async move {
             let gz = gz(&ctx);
             Ok::<_, Rerror>(
-                Replied::new(p)
+                Answer::new(p)
                     .meta("gz", gz)
                     .meta("codec", ctx.body_codec().to_string()),
             )
@@ -76,7 +76,7 @@ fn server(cfg: PeerConfig, pushes: Pushes) -> Peer {
     b.pull("/string/echo", |ctx: PullCtx, s: String| async move {
         let gz = gz(&ctx);
         Ok::<_, Rerror>(
-            Replied::new(s)
+            Answer::new(s)
                 .meta("gz", gz)
                 .meta("codec", ctx.body_codec().to_string()),
         )
@@ -85,7 +85,7 @@ fn server(cfg: PeerConfig, pushes: Pushes) -> Peer {
     b.pull("/meta/echo", |ctx: PullCtx, body: String| async move {
         let q = ctx.query();
         let m = ctx.meta();
-        let r = Replied::new(format!("{}|{body}", ctx.path()))
+        let r = Answer::new(format!("{}|{body}", ctx.path()))
             .meta("q-id", q.get("id").unwrap_or("-"))
             .meta("q-name", q.get("name").unwrap_or("-"))
             .meta("m-author", m.get("author").unwrap_or("-"))

@@ -16,7 +16,7 @@ use teleport_core::{
     XferId,
 };
 use teleport_peer::{
-    PeerBuilder, PullCtx, PushCtx, Replied, Session, UnknownPullCtx, UnknownPushCtx,
+    Answer, PeerBuilder, PullCtx, PushCtx, Session, UnknownPullCtx, UnknownPushCtx,
 };
 use tokio::sync::mpsc;
 
@@ -260,9 +260,9 @@ struct MathCtl {
 }
 
 impl MathCtl {
-    async fn add_all(self: Arc<Self>, ctx: PullCtx, xs: Vec<i64>) -> Result<Replied<i64>, Rerror> {
+    async fn add_all(self: Arc<Self>, ctx: PullCtx, xs: Vec<i64>) -> Result<Answer<i64>, Rerror> {
         let path = ctx.path().into_owned();
-        Ok(Replied::new(xs.iter().sum()).meta("path", path))
+        Ok(Answer::new(xs.iter().sum()).meta("path", path))
     }
 
     async fn note(self: Arc<Self>, ctx: PushCtx, s: String) {
@@ -292,7 +292,7 @@ fn server_routes(b: &mut PeerBuilder) -> Seen {
 
     b.pull("/echo/string", |ctx: PullCtx, s: String| async move {
         let uri = ctx.uri().to_string();
-        Ok::<_, Rerror>(Replied::new(s).meta("uri", uri))
+        Ok::<_, Rerror>(Answer::new(s).meta("uri", uri))
     });
     let runs = forbidden_runs.clone();
     b.pull("/forbidden", move |_ctx: PullCtx, _: ()| {
@@ -301,7 +301,7 @@ fn server_routes(b: &mut PeerBuilder) -> Seen {
     });
     b.pull("/hooks/pull", |ctx: PullCtx, s: String| async move {
         let saw = ctx.meta().get("tap").unwrap_or("").to_string();
-        Ok::<_, Rerror>(Replied::new(s).meta("saw-tap", saw))
+        Ok::<_, Rerror>(Answer::new(s).meta("saw-tap", saw))
     });
     b.pull("/hooks/fail", |_ctx: PullCtx, _: ()| async move {
         Err::<(), _>(Rerror::new(418, "Teapot"))
@@ -319,14 +319,14 @@ fn server_routes(b: &mut PeerBuilder) -> Seen {
     b.pull("/codec/point", |ctx: PullCtx, p: Point| async move {
         let raw = String::from_utf8_lossy(ctx.raw_body()).into_owned();
         let codec = char::from(ctx.body_codec().0).to_string();
-        Ok::<_, Rerror>(Replied::new(p).meta("raw", raw).meta("codec", codec))
+        Ok::<_, Rerror>(Answer::new(p).meta("raw", raw).meta("codec", codec))
     });
     b.pull("/xfer/echo", |ctx: PullCtx, s: String| async move {
         let ids = xfer_ids(ctx.xfer());
-        Ok::<_, Rerror>(Replied::new(s).meta("xfer", ids))
+        Ok::<_, Rerror>(Answer::new(s).meta("xfer", ids))
     });
     b.pull("/xfer/extra", |_ctx: PullCtx, s: String| async move {
-        let mut r = Replied::new(s);
+        let mut r = Answer::new(s);
         r.xfer.push(SHIFT);
         Ok::<_, Rerror>(r)
     });
@@ -340,7 +340,7 @@ fn server_routes(b: &mut PeerBuilder) -> Seen {
     b.unknown_pull(|ctx: UnknownPullCtx| async move {
         // The body is not decoded before the handler runs: it binds it.
         let (body, codec): (serde_json::Value, _) = ctx.bind()?;
-        let mut r = Replied::new(body)
+        let mut r = Answer::new(body)
             .meta("codec", codec.0.to_string())
             .meta("unknown", "yes")
             .meta("uri", ctx.uri().to_string());
@@ -366,7 +366,7 @@ fn server_routes(b: &mut PeerBuilder) -> Seen {
     let mut v1 = b.group("/v1");
     v1.pull("Echo", |ctx: PullCtx, s: String| async move {
         let path = ctx.path().into_owned();
-        Ok::<_, Rerror>(Replied::new(s).meta("path", path))
+        Ok::<_, Rerror>(Answer::new(s).meta("path", path))
     });
     v1.controller(MathCtl { notes: notes_tx })
         .pull("AddAll", MathCtl::add_all);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::future::{join, join_all, select, Either};
 use serde::{Deserialize, Serialize};
 use teleport_core::{CodecId, Protobuf, Rerror, XferId};
-use teleport_peer::{PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Session};
+use teleport_peer::{Answer, PeerBuilder, PeerConfig, PullCtx, PushCtx, Session};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::runtimes::{Rt, SockPath};
@@ -65,21 +65,21 @@ pub struct Probe {
 fn server_routes(b: &mut PeerBuilder, probe: &Probe) {
     b.pull("/echo/json", |ctx: PullCtx, p: Point| async move {
         let gz = gz(&ctx);
-        Ok::<_, Rerror>(Replied::new(p).meta("gz", gz))
+        Ok::<_, Rerror>(Answer::new(p).meta("gz", gz))
     });
     b.pull(
         "/echo/proto",
         |ctx: PullCtx, Protobuf(p): Protobuf<Ping>| async move {
             let gz = gz(&ctx);
-            Ok::<_, Rerror>(Replied::new(Protobuf(p)).meta("gz", gz))
+            Ok::<_, Rerror>(Answer::new(Protobuf(p)).meta("gz", gz))
         },
     );
     b.pull("/echo/string", |ctx: PullCtx, s: String| async move {
         let gz = gz(&ctx);
-        Ok::<_, Rerror>(Replied::new(s).meta("gz", gz))
+        Ok::<_, Rerror>(Answer::new(s).meta("gz", gz))
     });
     b.pull("/meta", |ctx: PullCtx, _: ()| async move {
-        let mut r = Replied::new(());
+        let mut r = Answer::new(());
         for (k, v) in ctx.query().iter() {
             r.meta.add([b"q-", k].concat(), v);
         }

@@ -10,7 +10,7 @@ mod signal;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use teleport::tokio::{Peer, PeerBuilder, PeerConfig, PushCtx};
+use teleport::prelude::*;
 use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let server = Peer::from_builder(b)?;
     peer_tx.send_replace(Some(server.clone()));
-    let addr = server.bind().await?.to_string();
+    let addr = server.spawn_listener().await?.to_string();
 
     // Three clients; each prints what it hears.
     let (heard_tx, mut heard_rx) = mpsc::unbounded_channel();

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use teleport::tokio::{Answer, Peer, PeerBuilder, PeerConfig, PullCtx, PushCtx};
-use teleport::Rerror;
+use teleport::prelude::*;
 
 /// The seed's `Home` controller: `Home::test` serves `/home/test`.
 struct Home;
@@ -74,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .pull("test", Home::test)
         .pull("fail", Home::fail);
     let server = Peer::from_builder(b)?;
-    let addr = server.bind().await?;
+    let addr = server.spawn_listener().await?;
 
     // The client's part; Ctrl-C or SIGTERM cuts it short, and the server
     // shuts down gracefully either way.
@@ -101,7 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Pulls with meta and a query, a gzipped pull, an error reply, a 404,
 /// and takes the server's pushes.
-async fn client_part(addr: &str) -> Result<teleport::tokio::Session, Box<dyn std::error::Error>> {
+async fn client_part(addr: &str) -> Result<Session, Box<dyn std::error::Error>> {
     // Client: takes pushes on /push/note.
     let mut b = PeerBuilder::new(PeerConfig {
         count_time: true,

@@ -2,64 +2,411 @@
 //! gateways, micro-services, push and game services, wire-compatible with
 //! Go teleport v3.
 //!
-//! The protocol core's types (packets, codecs, `Rerror`, router, plugins)
-//! are re-exported here; each runtime adapter is a module under its feature:
-//!
-//! | feature | module | runtime |
-//! |---|---|---|
-//! | `tokio` (default) | [`tokio`] | tokio |
-//! | `async-std` | `async_std` | async-std (sockets and timers on async-io) |
-//! | `smol` | `smol` | smol (the same adapter as `async-std`) |
-//! | `mio` | [`mio`] | none: a blocking `mio::Poll` loop |
+//! Everything a program needs is here, at `teleport::` or in
+//! [`teleport::prelude`](prelude); the crates under it (`teleport-core`,
+//! `teleport-peer`, one per runtime) are its parts, not something to
+//! import.
 //!
 //! ```
 //! # #[cfg(feature = "tokio")]
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use teleport::tokio::{Peer, PeerBuilder, PeerConfig, PullCtx};
-//! use teleport::Rerror;
+//! use teleport::prelude::*;
 //!
+//! // A server: one pull route.
 //! let mut b = PeerBuilder::new(PeerConfig::default());
 //! b.pull("/echo", |_ctx: PullCtx, s: String| async move { Ok::<_, Rerror>(s) });
 //! let server = Peer::from_builder(b)?;
-//! let addr = server.bind().await?; // the default: 127.0.0.1, port 0
+//! let addr = server.spawn_listener().await?; // 127.0.0.1, a free port
+//!
+//! // A client: dial, pull, read the reply.
 //! let client = Peer::new(PeerConfig::default())?;
 //! let session = client.dial(&addr.to_string()).await?;
-//! assert_eq!(session.pull::<_, String>("/echo", "hi").await?.value, "hi");
+//! let reply = session.pull::<_, String>("/echo", "hi").await?;
+//! assert_eq!(reply.value, "hi");
+//!
 //! client.shutdown(Duration::from_secs(1)).await;
 //! server.shutdown(Duration::from_secs(1)).await;
 //! # Ok(()) }
 //! # #[cfg(not(feature = "tokio"))]
 //! # fn main() {}
 //! ```
+//!
+//! # Concepts
+//!
+//! - A **peer** ([`Peer`]) is one endpoint: it listens, dials, or both.
+//!   Server and client are the same type; which one dialed matters only
+//!   for redialing. Routes, plugins, codecs and settings are fixed when
+//!   the peer is built ([`PeerBuilder`], [`PeerConfig`]).
+//! - A **session** ([`Session`]) is one connection between two peers. Its
+//!   handle is cheap to clone; either side may call the other over it.
+//! - A session carries three kinds of **packet**: a **pull** asks and
+//!   waits for one **reply** (request/response); a **push** is one-way and
+//!   gets no answer. Every packet has a sequence number, a type, a **URI**
+//!   (`/path?query`), **meta** and a body.
+//! - **Meta** ([`Meta`]) is a per-packet set of `key=value` pairs in URL
+//!   query form, for what is about the call rather than its argument:
+//!   credentials, trace ids, a caller's name. The **query** is the URI's
+//!   own `?a=1&b=2`, part of the route the caller names. A handler reads
+//!   both ([`PullCtx::meta`], [`PullCtx::query`]); a reply can carry meta
+//!   back ([`Answer::meta`]).
+//! - The body is encoded by a **codec** chosen per packet and named in the
+//!   packet by one byte ([`CodecId`]): JSON (`'j'`, the default), protobuf
+//!   (`'p'`, for [`prost`](https://docs.rs/prost) messages wrapped in
+//!   [`Protobuf`]), plain strings (`'s'`). Add your own with
+//!   [`PeerBuilder::codec`]. A reply is encoded in its pull's codec.
+//! - The **xfer pipe** ([`XferPipe`]) is a list of filters applied to the
+//!   encoded body, also per packet: gzip (`'g'`, [`Call::gzip`]) is built
+//!   in; add others with [`PeerBuilder::xfer_filter`].
+//! - The **proto** is the frame format on the wire; the default is Go
+//!   teleport v3's, byte for byte. A peer can speak another one
+//!   ([`PeerBuilder::proto`], [`MakeProto`]).
+//! - The **router** maps a pull's or push's path to its handler. Routes are
+//!   closures ([`PeerBuilder::pull`], [`PeerBuilder::push`]), grouped under
+//!   a prefix ([`PeerBuilder::group`]), or methods of a **controller**
+//!   ([`PeerBuilder::controller_named`]: `/home/test` is method `test` of
+//!   controller `home`). A path with no route goes to the unknown handler
+//!   ([`PeerBuilder::unknown_pull`]) or is answered with 404.
+//! - A **plugin** ([`Plugin`]) hooks every step of a session: dial, accept,
+//!   reading and writing each packet, the end of each call, the close. It
+//!   may change a packet or stop it with an error. Plugins belong to the
+//!   peer, to a group or to one route; [`plugin`] says in which order they
+//!   run, and holds the built-in ones (auth, heartbeat, stats).
+//! - A failed call is a [`Rerror`]: a code, a message and a detail, the
+//!   same on the wire as in Go. Codes below 200 are the framework's
+//!   ([`Rerror::CODE_CONN_CLOSED`] 102, [`Rerror::CODE_WRITE_FAILED`] 104,
+//!   [`Rerror::CODE_DIAL_FAILED`] 105); the others follow HTTP:
+//!   400 bad packet or argument, 404 no such route, 408 timeout,
+//!   500 handler failed, 501 not implemented, 503 backpressure. A handler
+//!   returns its own codes with [`Rerror::new`].
+//!
+//! # A server and a client
+//!
+//! A controller, a group with a plugin, a push back to the caller, meta on
+//! the pull and on the reply, and a push route on the client:
+//!
+//! ```
+//! # #[cfg(feature = "tokio")]
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use teleport::prelude::*;
+//! use teleport::plugin::Stats;
+//!
+//! struct Home;
+//!
+//! impl Home {
+//!     async fn test(self: Arc<Self>, ctx: PullCtx, args: Vec<i32>) -> Result<Answer<i32>, Rerror> {
+//!         let who = ctx.meta().get("author").unwrap_or_default().to_string();
+//!         ctx.session().push("/push/note", &format!("hello, {who}")).await?;
+//!         Ok(Answer::new(args.iter().sum()).meta("served_by", "home"))
+//!     }
+//! }
+//!
+//! let mut b = PeerBuilder::new(PeerConfig::default());
+//! let mut group = b.group("group");
+//! group.plugin(Stats::new()); // sees only /group/... packets
+//! group.controller_named("home", Home).pull("test", Home::test);
+//! let server = Peer::from_builder(b)?;
+//! let addr = server.spawn_listener().await?;
+//!
+//! let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+//! let mut b = PeerBuilder::new(PeerConfig::default());
+//! b.push("/push/note", move |_ctx: PushCtx, note: String| {
+//!     let tx = tx.clone();
+//!     async move {
+//!         let _ = tx.send(note);
+//!     }
+//! });
+//! let client = Peer::from_builder(b)?;
+//! let session = client.dial(&addr.to_string()).await?;
+//! let reply = session
+//!     .call("/group/home/test?peer_id=110")
+//!     .meta("author", "henrylee2cn")
+//!     .gzip()
+//!     .pull::<_, i32>(&vec![1, 2, 3])
+//!     .await?;
+//! assert_eq!(reply.value, 6);
+//! assert_eq!(reply.meta.get("served_by").as_deref(), Some("home"));
+//! assert_eq!(notes.recv().await.as_deref(), Some("hello, henrylee2cn"));
+//!
+//! client.shutdown(Duration::from_secs(1)).await;
+//! server.shutdown(Duration::from_secs(1)).await;
+//! # Ok(()) }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
+//! ```
+//!
+//! A handler reaches its peer through [`PullCtx::peer`]: the sessions it
+//! has, one by the name a client gave it ([`Session::set_id`],
+//! [`PeerRef::session_by_id`]), and [`PeerRef::broadcast`], a push to every
+//! session that never waits on a slow one.
+//!
+//! # Picking a runtime
+//!
+//! One feature per runtime; the same routes, handlers, plugins and
+//! settings serve all of them.
+//!
+//! | feature | module | runtime |
+//! |---|---|---|
+//! | `tokio` (default) | [`runtime::tokio`] | tokio |
+//! | `async-std` | [`runtime::async_std`] | async-std (sockets and timers on async-io) |
+//! | `smol` | [`runtime::smol`] | smol (the same adapter as `async-std`) |
+//! | `mio` | [`runtime::mio`] | none: a blocking `mio::Poll` loop, handlers on a thread pool |
+//!
+//! [`Peer`], [`Session`] and [`Call`] at the top level (and in the prelude)
+//! are those of the first runtime enabled in that order, so a program
+//! written for one runtime changes only its feature:
+//!
+//! ```toml
+//! teleport = { version = "0.1", default-features = false, features = ["smol"] }
+//! ```
+//!
+//! With several enabled, name the others by module
+//! (`teleport::runtime::smol::Peer`). With `mio` the calls block instead of
+//! being `async`, and sync handlers come from the prelude's
+//! `SyncHandlers`, `SyncController` and `SyncGroup`.
+//!
+//! # Settings, and loading them from a file
+//!
+//! [`PeerConfig`] holds the Go peer's settings under snake-case names, and
+//! the limits that keep a peer alive whatever the other side sends
+//! (`read_limit`, `max_incoming_pulls`, `max_incoming_bytes`,
+//! `max_queued_bytes`, `frame_timeout`). It loads from TOML or YAML, the
+//! format picked by the file's extension; a bad value is an error naming
+//! the setting ([`ConfigError`]):
+//!
+//! ```
+//! use teleport::PeerConfig;
+//!
+//! let cfg = PeerConfig::from_toml(
+//!     r#"
+//!     listen_address = "127.0.0.1:9090"
+//!     default_body_codec = "json"
+//!     slow_call_threshold = "500ms"
+//!     print_body = true
+//!     count_time = true
+//!     redial_times = 3
+//!     "#,
+//! )?;
+//! assert_eq!(cfg.redial_times, 3);
+//! // Or: PeerConfig::from_file("peer.toml")? / ("peer.yaml")?
+//! # Ok::<(), teleport::ConfigError>(())
+//! ```
+//!
+//! A dialed session whose connection breaks redials in the background, up
+//! to `redial_times` times with a growing wait from `redial_interval`:
+//! pulls made meanwhile wait for the new connection, and a client that
+//! only receives pushes reconnects too. [`Session::closed`] resolves when
+//! the session has ended for good, with the [`CloseReason`].
+//!
+//! # Logs
+//!
+//! Logs go through [`tracing`](https://docs.rs/tracing), every target under
+//! `teleport` (`teleport::session`, `teleport::peer`, `teleport::plugin`,
+//! one per runtime adapter), so `RUST_LOG=teleport=debug` shows them all.
+//! With `print_body` a packet's log line shows its body; with `count_time`
+//! it shows how long the call took; a call slower than
+//! `slow_call_threshold` logs a warning.
+//!
+//! # Shutdown
+//!
+//! [`Peer::shutdown`] stops accepting, closes every session gracefully
+//! (pulls already accepted are answered and their replies written, pending
+//! pulls of ours get their replies), and after the timeout cancels what is
+//! left; its [`ShutdownReport`] says what that was. [`Session::close`] does
+//! the same for one session. Nothing a peer queued before it decided to
+//! close is dropped: it reaches the other side, and the other side hands it
+//! to its callers before it reports the session closed.
+//!
+//! # TLS (feature `tls`)
+//!
+//! rustls with the ring provider. Set `listen_tls` and `dial_tls` in the
+//! config (certificate and key files, CA, client certificates), or hand
+//! rustls configs to [`PeerBuilder::listen_tls`] and
+//! [`PeerBuilder::dial_tls`]; the [`tls`] module builds them.
+//!
+//! # Checked arguments (feature `validate`)
+//!
+//! The seed's "binder": declare rules on an argument type with
+//! [garde](https://docs.rs/garde)'s derive (add `garde` to your
+//! dependencies) and take it as `Valid<T>`; a body that breaks a rule is
+//! answered with 400 `Invalid Argument`, naming the field, and the handler
+//! does not run. See [`validate`].
+//!
+//! # From Go teleport
+//!
+//! | Go teleport v3 | teleport for Rust |
+//! |---|---|
+//! | `tp.NewPeer(cfg)` | [`Peer::new`], or [`Peer::from_builder`] with routes |
+//! | `tp.PeerConfig{...}` | [`PeerConfig`] (`SlowCometDuration` → `slow_call_threshold`, `DefaultBodyCodec` → `default_body_codec`, `RedialTimes` → `redial_times`, `ListenAddress` → `listen_address`, ...) |
+//! | `peer.Listen()` | [`Peer::listen`] (blocks); [`Peer::spawn_listener`] serves in the background and returns the address |
+//! | `peer.Dial(addr)` | [`Peer::dial`] (`dial_with` for a proto or TLS of its own) |
+//! | `peer.ServeConn(conn)` | [`Peer::serve_conn`] |
+//! | `peer.Close()` | [`Peer::shutdown`] |
+//! | `tp.SetShutdown(timeout, ..)` | the timeout given to [`Peer::shutdown`] |
+//! | `peer.RangeSession`, `GetSession` | [`Peer::sessions`], [`Peer::session`]; in a handler [`PeerRef::sessions`], [`PeerRef::session_by_id`] |
+//! | `peer.PullRouter.Reg(new(Home))` | [`PeerBuilder::controller_named`]`("home", Home).pull("test", Home::test)` |
+//! | `peer.PullRouter.RegFunc(f)` | [`PeerBuilder::pull`]`("/f", f)` |
+//! | `peer.PushRouter.Reg(..)` | [`PeerBuilder::push`], [`Controller::push`] |
+//! | `Router.Group("pull", plugin)` | [`PeerBuilder::group`]`("pull")` then [`Group::plugin`] |
+//! | `Router.SetUnknown(f)` | [`PeerBuilder::unknown_pull`], [`PeerBuilder::unknown_push`] |
+//! | `tp.PullCtx` (embedded) | the [`PullCtx`] argument of a handler |
+//! | `ctx.Session()`, `Query()`, `CopyMeta()`, `Ip()` | [`PullCtx::session`], [`PullCtx::query`], [`PullCtx::meta`], [`PullCtx::remote_addr`] |
+//! | `ctx.Bind(&v)` in an unknown handler | [`UnknownPullCtx::bind`]`::<T>()`, which returns `(T, CodecId)` |
+//! | a handler's `(result, *tp.Rerror)` | `Result<T, Rerror>`, or `Result<`[`Answer`]`<T>, Rerror>` to set the reply's meta or codec |
+//! | `sess.Pull(uri, arg, &reply, opts...)` | [`Session::pull`], or [`Session::call`] with options, then `.pull(arg)` giving a [`Reply`] |
+//! | `sess.Push(uri, arg)` | [`Session::push`] |
+//! | `socket.WithSetMeta`, `WithAddMeta` | [`Call::set_meta`], [`Call::add_meta`] |
+//! | `socket.WithXferPipe('g')` | [`Call::gzip`], [`Call::xfer`] |
+//! | `socket.WithBodyCodec(id)` | [`Call::codec`] |
+//! | `sess.SetId(id)`, `sess.Id()` | [`Session::set_id`], [`Session::custom_id`] |
+//! | `sess.Close()` | [`Session::close`] |
+//! | `tp.NewRerror(code, msg, reason)` | [`Rerror::new`]`(code, msg).with_detail(reason)` |
+//! | `tp.Plugin` and its `PostDial`, `PreReadHeader`, ... hooks | [`Plugin`] (`after_dial`, `after_read_header`, ...) |
+//! | `tp.Infof`, `tp.Debugf` | `tracing::info!`, `tracing::debug!` |
+//! | `tp.GraceSignal()` | not yet: stop on a signal and call [`Peer::shutdown`] |
+//! | `protoFunc` (a custom proto) | [`MakeProto`], [`PeerBuilder::proto`] |
+//!
+//! # Modules
+//!
+//! - [`prelude`]: what `use teleport::prelude::*;` brings.
+//! - [`runtime`]: each runtime's peer, under its feature.
+//! - [`plugin`]: the plugin trait, its context, the built-in plugins.
+//! - [`protocol`]: the sans-IO core (packets, frames, the session state
+//!   machine), for custom protos and tools.
+//! - [`adapter`]: the machinery runtime adapters are built from, for
+//!   writing one.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub use teleport_core::*;
+pub use teleport_core::bytes::{Bytes, BytesMut};
+pub use teleport_core::{
+    AnyProto, CloseReason, Codec, CodecError, CodecId, CodecRegistry, DecodeBody, EncodeBody,
+    FastProto, Gzip, JsonCodec, MakeProto, Meta, Packet, PacketType, Proto, ProtoError, Protobuf,
+    ProtobufCodec, Rerror, RouteKind, Seq, SessionStats, StringCodec, Uri, XferError, XferFilter,
+    XferId, XferPipe, XferRegistry,
+};
+pub use teleport_peer::{
+    Answer, BoxFuture, Broadcast, ConfigError, Controller, DialError, DialOptions, Group,
+    IntoReply, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerRef, ProtoFunc,
+    PullCtx, PushCtx, Reply, ServeOptions, ShutdownReport, TlsDialSettings, TlsListenSettings,
+    UnknownPullCtx, UnknownPushCtx,
+};
 
-/// Peers on tokio (feature `tokio`, on by default).
+pub use plugin::{Plugin, PluginCtx, Plugins};
+
+/// Plugins: the [`Plugin`] trait, its context, and the built-in plugins
+/// ([`Auth`](plugin::Auth), [`Heartbeat`](plugin::Heartbeat),
+/// [`Stats`](plugin::Stats)).
+///
+/// Where plugins sit and the order they run in is described in
+/// [`teleport_core::plugin`]: the peer's first, in the order added, then a
+/// group's, the groups nested in it, and the route's own; on the way out
+/// (a reply) the route's run first, being closest to the handler.
+pub mod plugin {
+    pub use teleport_core::plugin::*;
+}
+
+/// The sans-IO protocol core: packets, frame formats, codecs, filters and
+/// the session state machine that the runtimes drive. A program needs it
+/// for a proto of its own or to read frames outside a peer.
+pub use teleport_core as protocol;
+
+/// What runtime adapters are built from: the connection driver, the
+/// peer's shared core, handler plumbing. For writing an adapter to a new
+/// runtime; programs do not need it.
+pub use teleport_peer::adapter;
+
+/// TLS under sessions (feature `tls`): rustls with the ring provider.
+#[cfg(feature = "tls")]
+pub use teleport_peer::tls;
+
+/// Arguments checked before the handler runs (feature `validate`).
+#[cfg(feature = "validate")]
+pub mod validate {
+    pub use teleport_peer::{garde, Valid};
+}
+#[cfg(feature = "validate")]
+pub use teleport_peer::Valid;
+
+/// Each runtime's peer, one module per feature.
+pub mod runtime {
+    /// Peers on tokio (feature `tokio`, on by default).
+    #[cfg(feature = "tokio")]
+    pub mod tokio {
+        pub use teleport_peer::{Call, Session};
+        pub use teleport_tokio::{transport, Peer};
+    }
+
+    /// Peers on async-std (feature `async-std`): sockets and timers on
+    /// async-io, tasks on async-std's global executor.
+    #[cfg(feature = "async-std")]
+    pub mod async_std {
+        pub use teleport_async_std::async_std::Peer;
+        pub use teleport_async_std::{transport, Executor, Spawn};
+        pub use teleport_peer::{Call, Session};
+    }
+
+    /// Peers on smol (feature `smol`): the `async_std` module's adapter,
+    /// with tasks on smol's global executor.
+    #[cfg(feature = "smol")]
+    pub mod smol {
+        pub use teleport_async_std::smol::Peer;
+        pub use teleport_async_std::{transport, Executor, Spawn};
+        pub use teleport_peer::{Call, Session};
+    }
+
+    /// Blocking peers on a mio poll loop, without an async runtime
+    /// (feature `mio`): calls block the calling thread; handlers run on a
+    /// worker pool.
+    #[cfg(feature = "mio")]
+    pub mod mio {
+        pub use teleport_mio::{
+            default_workers, Call, MioStream, Peer, Session, SyncController, SyncGroup,
+            SyncHandlers,
+        };
+    }
+}
+
 #[cfg(feature = "tokio")]
-pub mod tokio {
-    pub use teleport_tokio::*;
-}
+pub use runtime::tokio::{Call, Peer, Session};
 
-/// Peers on async-std (feature `async-std`): sockets and timers on
-/// async-io, tasks on async-std's global executor.
-#[cfg(feature = "async-std")]
-pub mod async_std {
-    pub use teleport_async_std::async_std::*;
-}
+#[cfg(all(not(feature = "tokio"), feature = "async-std"))]
+pub use runtime::async_std::{Call, Peer, Session};
 
-/// Peers on smol (feature `smol`): the `async_std` module's adapter, with
-/// tasks on smol's global executor.
-#[cfg(feature = "smol")]
-pub mod smol {
-    pub use teleport_async_std::smol::*;
-}
+#[cfg(all(not(feature = "tokio"), not(feature = "async-std"), feature = "smol"))]
+pub use runtime::smol::{Call, Peer, Session};
 
-/// Blocking peers on a mio poll loop, without an async runtime (feature
-/// `mio`).
-#[cfg(feature = "mio")]
-pub mod mio {
-    pub use teleport_mio::*;
+#[cfg(all(
+    not(feature = "tokio"),
+    not(feature = "async-std"),
+    not(feature = "smol"),
+    feature = "mio"
+))]
+pub use runtime::mio::{Call, Peer, Session};
+
+/// `use teleport::prelude::*;`: the peer of the runtime the features pick,
+/// its builder and settings, handler contexts, the session handle, errors,
+/// meta, plugins. Nothing in it is named like a crate, so it sits beside
+/// `#[tokio::main]` or `smol::block_on` without ambiguity.
+pub mod prelude {
+    pub use crate::{
+        Answer, CloseReason, CodecId, Controller, DialOptions, Group, ListenOptions, Meta, Network,
+        PeerAddr, PeerBuilder, PeerConfig, PeerRef, Plugin, PluginCtx, Protobuf, PullCtx, PushCtx,
+        Reply, Rerror, ServeOptions, UnknownPullCtx, UnknownPushCtx, Uri,
+    };
+    #[cfg(any(
+        feature = "tokio",
+        feature = "async-std",
+        feature = "smol",
+        feature = "mio"
+    ))]
+    pub use crate::{Call, Peer, Session};
+    #[cfg(feature = "mio")]
+    pub use teleport_mio::{SyncController, SyncGroup, SyncHandlers};
+    #[cfg(feature = "validate")]
+    pub use teleport_peer::Valid;
 }

@@ -39,7 +39,7 @@ pub fn run(a: &Args) {
             rt.block_on(async {
                 let peer =
                     teleport_tokio::Peer::from_builder(systems::async_server(addr)).expect("peer");
-                announce(peer.bind().await.expect("bind"));
+                announce(peer.spawn_listener().await.expect("bind"));
                 std::future::pending::<()>().await
             });
         }
@@ -47,20 +47,20 @@ pub fn run(a: &Args) {
             let exec = teleport_async_std::Executor::AsyncStd;
             let peer = teleport_async_std::Peer::from_builder(systems::async_server(addr), exec)
                 .expect("peer");
-            announce(async_std::task::block_on(peer.bind()).expect("bind"));
+            announce(async_std::task::block_on(peer.spawn_listener()).expect("bind"));
             async_std::task::block_on(std::future::pending::<()>());
         }
         "smol" => {
             let exec = teleport_async_std::Executor::Smol;
             let peer = teleport_async_std::Peer::from_builder(systems::async_server(addr), exec)
                 .expect("peer");
-            announce(smol::block_on(peer.bind()).expect("bind"));
+            announce(smol::block_on(peer.spawn_listener()).expect("bind"));
             smol::block_on(std::future::pending::<()>());
         }
         "mio" => {
             let peer =
                 teleport_mio::Peer::with_workers(systems::sync_server(addr), 0).expect("peer");
-            announce(peer.bind().expect("bind"));
+            announce(peer.spawn_listener().expect("bind"));
             loop {
                 std::thread::park();
             }

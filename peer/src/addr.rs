@@ -26,7 +26,7 @@ impl fmt::Display for PeerAddr {
 }
 
 impl PeerAddr {
-    /// The form [`dial`](crate::PeerCore) takes: `host:port` or the path.
+    /// The form a peer's `dial` takes: `host:port` or the path.
     pub fn dial_string(&self) -> String {
         match self {
             PeerAddr::Tcp(a) => a.to_string(),

@@ -14,7 +14,7 @@
 //!
 //! The runtime-specific parts stay in the adapters: how the owner waits
 //! (readable, writable, a timer, and [`SharedConn::poll_woken`]), and
-//! [`TryWrite`] for their socket types.
+//! a non-blocking write for their socket types.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -20,7 +20,7 @@ pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 /// A way for a handle to carry out a pull or push itself, on the caller's
 /// thread, instead of queueing it for the connection's owner: one task
-/// hop fewer per call. [`crate::Driver::run`] installs one
+/// hop fewer per call. [`crate::adapter::Driver::run`] installs one
 /// ([`crate::direct::SharedConn`]) for the adapters whose connection task it runs.
 ///
 /// The owner stays the one that reads, runs handlers and waits on
@@ -246,9 +246,10 @@ impl Session {
         });
     }
 
-    /// Whether the session's connection task has ended for good.
+    /// Whether the session has ended for good (true from the moment
+    /// [`Session::closed`] resolves).
     pub fn is_closed(&self) -> bool {
-        self.0.cmd.is_closed()
+        self.0.closed.borrow().is_some() || self.0.cmd.is_closed()
     }
 
     /// Why the session ended, once it has for good (`None` while it runs).

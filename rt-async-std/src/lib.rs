@@ -2,7 +2,7 @@
 //! any other executor.
 //!
 //! A [`Peer`] is a server and a client at once. Routes are registered on a
-//! [`PeerBuilder`]; [`Peer::bind`] / [`Peer::listen`] serve them and
+//! [`PeerBuilder`]; [`Peer::spawn_listener`] / [`Peer::listen`] serve them and
 //! [`Peer::dial`] connects out. Either way you get a [`Session`] handle to
 //! pull and push on, and handlers get one in their context to push or pull
 //! back. The protocol work is done by `teleport-core` and the
@@ -28,7 +28,7 @@
 //!         Ok::<_, Rerror>(format!("hello, {name}"))
 //!     });
 //!     let server = Peer::from_builder(server, Executor::Smol)?;
-//!     let addr = server.bind().await?; // the default: 127.0.0.1, port 0
+//!     let addr = server.spawn_listener().await?; // the default: 127.0.0.1, port 0
 //!
 //!     let client = Peer::new(PeerConfig::default(), Executor::Smol)?;
 //!     let session = client.dial(&addr.to_string()).await?;
@@ -93,7 +93,7 @@ macro_rules! preset {
         /// let mut b = PeerBuilder::new(PeerConfig::default());
         /// b.pull("/echo", |_ctx: PullCtx, s: String| async move { Ok::<_, Rerror>(s) });
         /// let server = Peer::from_builder(b)?;
-        /// let addr = server.bind().await?;
+        /// let addr = server.spawn_listener().await?;
         /// let session = Peer::new(PeerConfig::default())?.dial(&addr.to_string()).await?;
         /// assert_eq!(session.pull::<_, String>("/echo", "hi").await?.value, "hi");
         /// # Ok(()) }

@@ -70,7 +70,7 @@ fn unixpacket(path: &SockPath, buffers: Option<usize>) -> PeerConfig {
 /// pulls from 4 tasks at once and 100 pushes.
 async fn large_and_small_frames(server_b: PeerBuilder, client: Peer, exec: Executor) {
     let (server, mut notes) = server(server_b, exec.clone());
-    let addr = server.bind().await.expect("bind");
+    let addr = server.spawn_listener().await.expect("bind");
     let s = guard("dial", client.dial(&addr.dial_string()))
         .await
         .expect("dial");
@@ -176,13 +176,13 @@ async fn unixpacket_listener_replaces_a_stale_socket_file_not_a_live_one(exec: E
     let cfg = unixpacket(&path, None);
     let (first, _) = server(PeerBuilder::new(cfg.clone()), exec.clone());
     assert_eq!(
-        first.bind().await.unwrap(),
+        first.spawn_listener().await.unwrap(),
         PeerAddr::Unix(path.as_str().into())
     );
     // A live server keeps its socket (a unix stream server too).
     let e = Peer::new(cfg.clone(), exec.clone())
         .unwrap()
-        .bind()
+        .spawn_listener()
         .await
         .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
@@ -192,7 +192,7 @@ async fn unixpacket_listener_replaces_a_stale_socket_file_not_a_live_one(exec: E
     };
     let e = Peer::new(stream, exec.clone())
         .unwrap()
-        .bind()
+        .spawn_listener()
         .await
         .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
@@ -207,7 +207,10 @@ async fn unixpacket_listener_replaces_a_stale_socket_file_not_a_live_one(exec: E
     assert!(stale.0.exists());
     let cfg = unixpacket(&stale, None);
     let (second, _) = server(PeerBuilder::new(cfg.clone()), exec.clone());
-    second.bind().await.expect("bind over a stale socket file");
+    second
+        .spawn_listener()
+        .await
+        .expect("bind over a stale socket file");
     let client = Peer::new(cfg, exec).unwrap();
     let s = guard("dial", client.dial(stale.as_str()))
         .await
@@ -233,7 +236,7 @@ async fn tcp6_on_the_ipv6_loopback(exec: Executor) {
         ..PeerConfig::default()
     };
     let (server, _) = server(PeerBuilder::new(cfg.clone()), exec.clone());
-    let addr = server.bind().await.expect("bind [::1]");
+    let addr = server.spawn_listener().await.expect("bind [::1]");
     let PeerAddr::Tcp(sa) = addr else {
         panic!("{addr:?}")
     };

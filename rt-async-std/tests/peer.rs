@@ -153,7 +153,7 @@ async fn setup(exec: Executor, t: Transport, tag: &str) -> Setup {
     let (stx, srx) = mpsc::unbounded_channel();
     let (ctx, crx) = mpsc::unbounded_channel();
     let server = server(scfg, exec.clone(), stx);
-    let addr = server.bind().await.expect("bind");
+    let addr = server.spawn_listener().await.expect("bind");
     let client = client(ccfg, exec, ctx);
     let session = guard("dial", client.dial(&dial_addr(&addr)))
         .await
@@ -411,7 +411,7 @@ async fn rebind(build: impl Fn() -> Peer) -> (Peer, PeerAddr) {
     guard("rebind", async {
         loop {
             let p = build();
-            match p.bind().await {
+            match p.spawn_listener().await {
                 Ok(a) => return (p, a),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                     Timer::after(Duration::from_millis(10)).await;
@@ -453,7 +453,7 @@ async fn redial_after_server_restart_on_the_same_port(exec: Executor) {
         }
     };
     let server1 = make_server("127.0.0.1:0".into())();
-    let addr = server1.bind().await.unwrap();
+    let addr = server1.spawn_listener().await.unwrap();
     let PeerAddr::Tcp(sock_addr) = addr else {
         panic!("tcp address expected")
     };
@@ -535,7 +535,7 @@ async fn graceful_shutdown_answers_every_pull_in_flight(exec: Executor) {
         });
     }
     let server = Peer::from_builder(b, exec.clone()).unwrap();
-    let addr = dial_addr(&server.bind().await.unwrap());
+    let addr = dial_addr(&server.spawn_listener().await.unwrap());
 
     let client = Peer::new(PeerConfig::default(), exec.clone()).unwrap();
     let mut sessions = Vec::new();
@@ -643,7 +643,7 @@ async fn shutdown_timeout_cancels_a_session_stuck_writing(exec: Executor) {
         async move { Ok::<_, Rerror>("x".repeat(1 << 20)) }
     });
     let server = Peer::from_builder(b, exec).unwrap();
-    let PeerAddr::Tcp(addr) = server.bind().await.unwrap() else {
+    let PeerAddr::Tcp(addr) = server.spawn_listener().await.unwrap() else {
         panic!("tcp address expected")
     };
 

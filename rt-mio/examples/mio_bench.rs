@@ -41,7 +41,7 @@ fn run(workers: usize, c: usize, n: usize) {
         },
     );
     let server = Peer::with_workers(b, workers).expect("server");
-    let addr = server.bind().expect("bind").to_string();
+    let addr = server.spawn_listener().expect("bind").to_string();
     let client = Peer::new(PeerConfig {
         default_body_codec: "protobuf".into(),
         ..PeerConfig::default()

@@ -26,7 +26,7 @@
 //!     Ok::<_, Rerror>(format!("hello, {name}"))
 //! });
 //! let server = Peer::from_builder(server)?;
-//! let addr = server.bind()?;
+//! let addr = server.spawn_listener()?;
 //!
 //! let client = Peer::new(PeerConfig::default())?;
 //! let session = client.dial(&addr.to_string())?;

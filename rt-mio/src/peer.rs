@@ -159,18 +159,29 @@ impl Peer {
         Session::from(session)
     }
 
-    /// Binds the configured listen address and serves on the poll loop
+    /// Binds the configured listen address and serves in the background
+    /// (Go: `go peer.Listen()`, but returning once the socket is bound)
     /// until [`Peer::shutdown`]; returns the bound address (useful with
-    /// port 0).
-    pub fn bind(&self) -> io::Result<PeerAddr> {
-        self.bind_with(ListenOptions::default())
+    /// port 0). [`Peer::listen`] is the same, then waits for the shutdown.
+    pub fn spawn_listener(&self) -> io::Result<PeerAddr> {
+        self.spawn_listener_with(ListenOptions::default())
     }
 
-    /// [`Peer::bind`] with options (another address, a proto or TLS of this
+    #[doc(hidden)]
+    pub fn bind(&self) -> io::Result<PeerAddr> {
+        self.spawn_listener()
+    }
+
+    #[doc(hidden)]
+    pub fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
+        self.spawn_listener_with(opts)
+    }
+
+    /// [`Peer::spawn_listener`] with options (another address, a proto or TLS of this
     /// listener's own). A TLS listener's handshakes run on the poll loop,
     /// each within the acceptor's timeout; one that fails is logged and the
     /// listener serves on.
-    pub fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
+    pub fn spawn_listener_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
         let mut cfg = self.config().clone();
         if let Some(a) = opts.address_override() {
             cfg.listen_address = a.to_string();
@@ -204,7 +215,7 @@ impl Peer {
     /// Serves on the configured listen address, blocking until
     /// [`Peer::shutdown`] (from another thread, or a handler).
     pub fn listen(&self) -> io::Result<()> {
-        self.bind()?;
+        self.spawn_listener()?;
         let mut stop = self.0.core.shutdown_signal();
         let _ = exec::block_on(stop.wait_for(|s| *s));
         Ok(())

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use teleport_core::{
-    CodecId, CodecRegistry, DecodeBody, EncodeBody, Meta, Packet, Rerror, Shared, Uri, XferId,
-    XferPipe,
+    CloseReason, CodecId, CodecRegistry, DecodeBody, EncodeBody, Meta, Packet, Rerror, Shared, Uri,
+    XferId, XferPipe,
 };
 use teleport_peer::adapter::Handler;
 use teleport_peer::{PeerAddr, Reply};
@@ -144,6 +144,35 @@ impl Session {
     pub fn is_closed(&self) -> bool {
         self.0.is_closed()
     }
+
+    /// Names the session (Go's `sess.SetId`): the peer then finds it by
+    /// that name with [`PeerRef::session_by_id`](teleport_peer::PeerRef::session_by_id).
+    pub fn set_id(&self, id: impl Into<String>) {
+        self.0.set_id(id);
+    }
+
+    /// The name given with [`Session::set_id`], if any.
+    pub fn custom_id(&self) -> Option<String> {
+        self.0.custom_id()
+    }
+
+    /// The peer this session belongs to, while it runs.
+    pub fn peer(&self) -> Option<teleport_peer::PeerRef> {
+        self.0.peer()
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.0.close_reason()
+    }
+
+    /// Blocks until the session has ended for good (after any background
+    /// redial gave up) and says why. On the peer's own poll loop (a
+    /// handler run inline) it cannot wait and fails with a 500 at once.
+    pub fn closed(&self) -> Result<CloseReason, Rerror> {
+        check_not_own_loop(&self.0)?;
+        Ok(exec::block_on(self.0.closed()))
+    }
 }
 
 /// Options of one call, then [`Call::pull`] or [`Call::push`], which
@@ -177,6 +206,20 @@ impl Call<'_> {
     /// Adds every pair of `meta`.
     pub fn meta_all(mut self, meta: &Meta) -> Self {
         self.call = self.call.meta_all(meta);
+        self
+    }
+
+    /// Adds a meta pair, keeping pairs of the same key (Go's
+    /// `WithAddMeta`).
+    pub fn add_meta(mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
+        self.call = self.call.add_meta(key, value);
+        self
+    }
+
+    /// Sets a meta key to one value, replacing its earlier pairs (Go's
+    /// `WithSetMeta`).
+    pub fn set_meta(mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
+        self.call = self.call.set_meta(key, value);
         self
     }
 
@@ -226,6 +269,13 @@ impl Call<'_> {
     pub fn pull_raw(self, codec: CodecId, body: Bytes) -> Result<Packet, Rerror> {
         check_not_own_loop(&self.session.0)?;
         exec::block_on(self.call.pull_raw(codec, body))
+    }
+
+    /// Sends a push with an already encoded body; returns once it is
+    /// queued.
+    pub fn push_raw(self, codec: CodecId, body: Bytes) -> Result<(), Rerror> {
+        check_not_own_loop(&self.session.0)?;
+        exec::block_on(self.call.push_raw(codec, body))
     }
 
     /// Sends a push with `arg`; returns once it is queued. (On the peer's

@@ -20,7 +20,7 @@ fn echo(b: &mut PeerBuilder) {
 fn serve(b: PeerBuilder) -> (Peer, String) {
     test_logs();
     let server = Peer::from_builder(b).expect("server builds");
-    let addr = dial_addr(&server.bind().expect("bind"));
+    let addr = dial_addr(&server.spawn_listener().expect("bind"));
     (server, addr)
 }
 
@@ -148,11 +148,14 @@ fn unix_listener_replaces_a_stale_socket_file_not_a_live_one() {
     let mut b = PeerBuilder::new(cfg.clone());
     echo(&mut b);
     let first = Peer::from_builder(b).unwrap();
-    assert_eq!(first.bind().unwrap(), PeerAddr::Unix(path.as_str().into()));
+    assert_eq!(
+        first.spawn_listener().unwrap(),
+        PeerAddr::Unix(path.as_str().into())
+    );
     // A live server keeps its socket.
     let e = Peer::new(cfg.clone())
         .unwrap()
-        .bind()
+        .spawn_listener()
         .expect_err("a live server's socket is not taken");
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
     // Gone, it leaves the file behind: the next server takes its place.
@@ -161,7 +164,9 @@ fn unix_listener_replaces_a_stale_socket_file_not_a_live_one() {
     let mut b = PeerBuilder::new(cfg);
     echo(&mut b);
     let second = Peer::from_builder(b).unwrap();
-    second.bind().expect("bind over a stale socket file");
+    second
+        .spawn_listener()
+        .expect("bind over a stale socket file");
     let client = Peer::new(PeerConfig {
         network: Network::Unix,
         ..PeerConfig::default()
@@ -185,7 +190,7 @@ fn tcp4_and_tcp6_pick_their_family() {
         ..PeerConfig::default()
     })
     .unwrap();
-    let e = peer.bind().expect_err("an IPv4 address on tcp6");
+    let e = peer.spawn_listener().expect_err("an IPv4 address on tcp6");
     assert!(e.to_string().contains("Tcp6"), "{e}");
     let e = peer
         .dial("127.0.0.1:1")

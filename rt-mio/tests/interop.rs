@@ -151,7 +151,7 @@ fn tokio_server_and_mio_client() {
     );
     let (tx, rx) = mpsc::channel();
     let server = teleport_tokio::Peer::from_builder(b).unwrap();
-    let addr = rt.block_on(server.bind()).unwrap();
+    let addr = rt.block_on(server.spawn_listener()).unwrap();
 
     let mut b = teleport_mio::PeerBuilder::new(teleport_mio::PeerConfig::default());
     let tx = Mutex::new(tx);
@@ -201,7 +201,7 @@ fn mio_server_and_tokio_client() {
         Ok::<_, Rerror>(format!("client said {}", r.value))
     });
     let server = teleport_mio::Peer::from_builder(b).unwrap();
-    let addr = server.bind().unwrap();
+    let addr = server.spawn_listener().unwrap();
 
     let rt = runtime();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

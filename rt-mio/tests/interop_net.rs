@@ -55,7 +55,7 @@ fn mio_server_tokio_client(cfg: teleport_mio::PeerConfig, tls: Tls) {
     #[cfg(not(feature = "tls"))]
     let _ = tls;
     let server = teleport_mio::Peer::from_builder(b).unwrap();
-    let addr = server.bind().unwrap().dial_string();
+    let addr = server.spawn_listener().unwrap().dial_string();
     let rt = runtime();
     let client = rt.block_on(async { teleport_tokio::Peer::from_builder(c).unwrap() });
     rt.block_on(async {
@@ -98,7 +98,7 @@ fn tokio_server_mio_client(cfg: teleport_mio::PeerConfig, tls: Tls) {
     #[cfg(not(feature = "tls"))]
     let _ = tls;
     let server = rt.block_on(async { teleport_tokio::Peer::from_builder(b).unwrap() });
-    let addr = rt.block_on(server.bind()).unwrap().dial_string();
+    let addr = rt.block_on(server.spawn_listener()).unwrap().dial_string();
     let client = teleport_mio::Peer::from_builder(c).unwrap();
     guard("checks", move || {
         let s = client.dial(&addr).expect("dial");

@@ -51,7 +51,7 @@ fn unixpacket(path: &SockPath, buffers: Option<usize>) -> PeerConfig {
 /// pulls from 4 threads at once and 100 pushes, over `cfg`'s network.
 fn large_and_small_frames(server_cfg: PeerConfig, client_cfg: PeerConfig) {
     let (server, notes) = server(server_cfg);
-    let addr = server.bind().expect("bind");
+    let addr = server.spawn_listener().expect("bind");
     let client = Peer::new(client_cfg).unwrap();
     let a = addr.dial_string();
     let (_client, s) = guard("dial", move || client.dial(&a).map(|s| (client, s))).expect("dial");
@@ -127,23 +127,31 @@ fn unixpacket_listener_replaces_a_stale_socket_file_not_a_live_one() {
     let path = SockPath::new("upkstale");
     let cfg = unixpacket(&path, None);
     let (first, _) = server(cfg.clone());
-    assert_eq!(first.bind().unwrap(), PeerAddr::Unix(path.as_str().into()));
+    assert_eq!(
+        first.spawn_listener().unwrap(),
+        PeerAddr::Unix(path.as_str().into())
+    );
     // A live server keeps its socket (a unix stream server too).
-    let e = Peer::new(cfg.clone()).unwrap().bind().unwrap_err();
+    let e = Peer::new(cfg.clone())
+        .unwrap()
+        .spawn_listener()
+        .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
     let e = Peer::new(PeerConfig {
         network: Network::Unix,
         ..cfg.clone()
     })
     .unwrap()
-    .bind()
+    .spawn_listener()
     .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
     // Gone, it leaves the file behind: the next server takes its place.
     drop(first);
     assert!(path.0.exists());
     let (second, _) = server(cfg.clone());
-    second.bind().expect("bind over a stale socket file");
+    second
+        .spawn_listener()
+        .expect("bind over a stale socket file");
     let client = Peer::new(cfg).unwrap();
     let p = path.as_str().to_string();
     let r = guard("pull", move || {
@@ -172,7 +180,7 @@ fn tcp6_on_the_ipv6_loopback() {
         ..PeerConfig::default()
     };
     let (server, _) = server(cfg.clone());
-    let addr = server.bind().expect("bind [::1]");
+    let addr = server.spawn_listener().expect("bind [::1]");
     let PeerAddr::Tcp(sa) = addr else {
         panic!("{addr:?}")
     };

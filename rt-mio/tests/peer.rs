@@ -178,7 +178,7 @@ fn setup(t: Transport, tag: &str, mode: Mode) -> Setup {
     let (stx, srx) = mpsc::channel();
     let (ctx, crx) = mpsc::channel();
     let server = server(scfg, stx, mode);
-    let addr = server.bind().expect("bind");
+    let addr = server.spawn_listener().expect("bind");
     let client = client(ccfg, ctx, mode);
     let session = {
         let client = client.clone();
@@ -577,7 +577,7 @@ fn close_waits_for_a_pending_pull_then_pulls_fail() {
         Ok::<_, Rerror>(n + 1)
     });
     let server = Peer::from_builder(b).unwrap();
-    let addr = dial_addr(&server.bind().unwrap());
+    let addr = dial_addr(&server.spawn_listener().unwrap());
     let client = Peer::new(PeerConfig::default()).unwrap();
     let (_client, session) =
         guard("dial", move || client.dial(&addr).map(|s| (client, s))).expect("dial");
@@ -626,7 +626,7 @@ fn dropping_the_peer_ends_its_sessions() {
 fn rebind(build: impl Fn() -> Peer + Send + 'static) -> (Peer, PeerAddr) {
     guard("rebind", move || loop {
         let p = build();
-        match p.bind() {
+        match p.spawn_listener() {
             Ok(a) => return (p, a),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 std::thread::sleep(Duration::from_millis(10))
@@ -670,7 +670,7 @@ fn redial_after_server_restart_on_the_same_port() {
         }
     };
     let server1 = make_server("127.0.0.1:0".into())();
-    let addr = server1.bind().unwrap();
+    let addr = server1.spawn_listener().unwrap();
     let PeerAddr::Tcp(sock_addr) = addr else {
         panic!("tcp address expected")
     };
@@ -787,7 +787,7 @@ fn graceful_shutdown(held: Held, workers: usize, sessions_n: usize, per_session:
         }
     }
     let server = Peer::with_workers(b, workers).unwrap();
-    let addr = dial_addr(&server.bind().unwrap());
+    let addr = dial_addr(&server.spawn_listener().unwrap());
 
     let client = Peer::new(PeerConfig::default()).unwrap();
     let sessions: Vec<Session> = {

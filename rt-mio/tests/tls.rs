@@ -44,7 +44,7 @@ fn server(cfg: PeerConfig, tls: Option<TlsAcceptor>) -> (Peer, String, mpsc::Rec
         b.listen_tls(tls);
     }
     let peer = Peer::from_builder(b).expect("server builds");
-    let addr = peer.bind().expect("bind").dial_string();
+    let addr = peer.spawn_listener().expect("bind").dial_string();
     (peer, addr, rx)
 }
 
@@ -325,7 +325,7 @@ fn listeners_and_dials_choose_their_own_tls() {
     // A TLS peer with a plaintext listener besides its TLS one.
     let (tls_server, tls_addr, _) = server(tcp(), Some(acceptor(&leaf)));
     let plain_addr = tls_server
-        .bind_with(ListenOptions::default().address("127.0.0.1:0").no_tls())
+        .spawn_listener_with(ListenOptions::default().address("127.0.0.1:0").no_tls())
         .unwrap()
         .dial_string();
     let c = client(PeerConfig::default(), Some(connector(&ca)));
@@ -343,7 +343,7 @@ fn listeners_and_dials_choose_their_own_tls() {
     // it with TLS of this dial's own.
     let (plain_server, _, _) = server(tcp(), None);
     let tls_only = plain_server
-        .bind_with(
+        .spawn_listener_with(
             ListenOptions::default()
                 .address("127.0.0.1:0")
                 .tls(acceptor(&leaf)),
@@ -370,7 +370,7 @@ fn rebind(addr: String, tls: TlsAcceptor) -> Peer {
         routes(&mut b, tx);
         b.listen_tls(tls.clone());
         let p = Peer::from_builder(b).unwrap();
-        match p.bind() {
+        match p.spawn_listener() {
             Ok(_) => return p,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 std::thread::sleep(Duration::from_millis(10))

@@ -1,7 +1,7 @@
 //! `teleport-tokio`: teleport peers on the tokio runtime.
 //!
 //! A [`Peer`] is a server and a client at once. Routes are registered on a
-//! [`PeerBuilder`]; [`Peer::bind`] / [`Peer::listen`] serve them and
+//! [`PeerBuilder`]; [`Peer::spawn_listener`] / [`Peer::listen`] serve them and
 //! [`Peer::dial`] connects out. Either way you get a [`Session`] handle to
 //! pull and push on, and handlers get one in their context to push or pull
 //! back. The protocol work is done by `teleport-core` and the
@@ -20,7 +20,7 @@
 //!         Ok::<_, Rerror>(format!("hello, {name}"))
 //!     });
 //!     let server = Peer::from_builder(server)?;
-//!     let addr = server.bind().await?; // the default: 127.0.0.1, port 0
+//!     let addr = server.spawn_listener().await?; // the default: 127.0.0.1, port 0
 //!
 //!     let client = Peer::new(PeerConfig::default())?;
 //!     let session = client.dial(&addr.to_string()).await?;

@@ -249,15 +249,26 @@ impl Peer {
     }
 
     /// Binds the configured listen address and serves in the background
+    /// (Go: `go peer.Listen()`, but returning once the socket is bound)
     /// until [`Peer::shutdown`]; returns the bound address (useful with
-    /// port 0).
-    pub async fn bind(&self) -> io::Result<PeerAddr> {
-        self.bind_with(ListenOptions::default()).await
+    /// port 0). [`Peer::listen`] is the same, then waits for the shutdown.
+    pub async fn spawn_listener(&self) -> io::Result<PeerAddr> {
+        self.spawn_listener_with(ListenOptions::default()).await
     }
 
-    /// [`Peer::bind`] with options (another address, a proto of this
-    /// listener's own).
+    #[doc(hidden)]
+    pub async fn bind(&self) -> io::Result<PeerAddr> {
+        self.spawn_listener().await
+    }
+
+    #[doc(hidden)]
     pub async fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
+        self.spawn_listener_with(opts).await
+    }
+
+    /// [`Peer::spawn_listener`] with options (another address, a proto of this
+    /// listener's own).
+    pub async fn spawn_listener_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
         let mut cfg = self.config().clone();
         if let Some(a) = opts.address_override() {
             cfg.listen_address = a.to_string();
@@ -381,7 +392,7 @@ impl Peer {
 
     /// Serves on the configured listen address until [`Peer::shutdown`].
     pub async fn listen(&self) -> io::Result<()> {
-        self.bind().await?;
+        self.spawn_listener().await?;
         let mut stop = self.0.shutdown_signal();
         let _ = stop.wait_for(|s| *s).await;
         Ok(())

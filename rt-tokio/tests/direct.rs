@@ -25,7 +25,7 @@ async fn server() -> (Peer, String, Arc<AtomicUsize>) {
         async move { Ok::<_, Rerror>(body) }
     });
     let server = Peer::from_builder(b).expect("server builds");
-    let PeerAddr::Tcp(addr) = server.bind().await.expect("bind") else {
+    let PeerAddr::Tcp(addr) = server.spawn_listener().await.expect("bind") else {
         panic!("tcp address expected")
     };
     (server, addr.to_string(), seen)

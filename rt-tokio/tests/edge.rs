@@ -18,7 +18,7 @@ use common::{guard, test_logs};
 async fn serve(b: PeerBuilder) -> (Peer, String) {
     test_logs();
     let server = Peer::from_builder(b).expect("server builds");
-    let PeerAddr::Tcp(addr) = server.bind().await.expect("bind") else {
+    let PeerAddr::Tcp(addr) = server.spawn_listener().await.expect("bind") else {
         panic!("tcp address expected")
     };
     (server, addr.to_string())
@@ -363,7 +363,10 @@ async fn unix_listener_replaces_a_stale_socket_file() {
     });
     echo(&mut b);
     let server = Peer::from_builder(b).unwrap();
-    server.bind().await.expect("bind over a stale socket file");
+    server
+        .spawn_listener()
+        .await
+        .expect("bind over a stale socket file");
     let client = Peer::new(PeerConfig {
         network: teleport_tokio::Network::Unix,
         ..PeerConfig::default()

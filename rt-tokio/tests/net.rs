@@ -58,7 +58,7 @@ fn unixpacket(path: &SockPath, buffers: Option<usize>) -> PeerConfig {
 /// pulls from 4 tasks at once and 100 pushes.
 async fn large_and_small_frames(server_b: PeerBuilder, client: Peer) {
     let (server, mut notes) = server(server_b);
-    let addr = server.bind().await.expect("bind");
+    let addr = server.spawn_listener().await.expect("bind");
     let s = guard("dial", client.dial(&addr.dial_string()))
         .await
         .expect("dial");
@@ -160,17 +160,25 @@ async fn unixpacket_listener_replaces_a_stale_socket_file_not_a_live_one() {
     let cfg = unixpacket(&path, None);
     let (first, _) = server(PeerBuilder::new(cfg.clone()));
     assert_eq!(
-        first.bind().await.unwrap(),
+        first.spawn_listener().await.unwrap(),
         PeerAddr::Unix(path.as_str().into())
     );
     // A live server keeps its socket (a unix stream server too).
-    let e = Peer::new(cfg.clone()).unwrap().bind().await.unwrap_err();
+    let e = Peer::new(cfg.clone())
+        .unwrap()
+        .spawn_listener()
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
     let stream = PeerConfig {
         network: Network::Unix,
         ..cfg.clone()
     };
-    let e = Peer::new(stream).unwrap().bind().await.unwrap_err();
+    let e = Peer::new(stream)
+        .unwrap()
+        .spawn_listener()
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
     // A socket file a gone seqpacket listener left behind is taken over.
     let stale = SockPath::new("upkstale2");
@@ -183,7 +191,10 @@ async fn unixpacket_listener_replaces_a_stale_socket_file_not_a_live_one() {
     assert!(stale.0.exists());
     let cfg = unixpacket(&stale, None);
     let (second, _) = server(PeerBuilder::new(cfg.clone()));
-    second.bind().await.expect("bind over a stale socket file");
+    second
+        .spawn_listener()
+        .await
+        .expect("bind over a stale socket file");
     let client = Peer::new(cfg).unwrap();
     let s = guard("dial", client.dial(stale.as_str()))
         .await
@@ -210,7 +221,7 @@ async fn tcp6_on_the_ipv6_loopback() {
         ..PeerConfig::default()
     };
     let (server, _) = server(PeerBuilder::new(cfg.clone()));
-    let addr = server.bind().await.expect("bind [::1]");
+    let addr = server.spawn_listener().await.expect("bind [::1]");
     let PeerAddr::Tcp(sa) = addr else {
         panic!("{addr:?}")
     };

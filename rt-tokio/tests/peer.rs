@@ -158,7 +158,7 @@ async fn setup(t: Transport, tag: &str) -> Setup {
     let (stx, srx) = mpsc::unbounded_channel();
     let (ctx, crx) = mpsc::unbounded_channel();
     let server = server(scfg, stx);
-    let addr = server.bind().await.expect("bind");
+    let addr = server.spawn_listener().await.expect("bind");
     let client = client(ccfg, ctx);
     let session = guard("dial", client.dial(&dial_addr(&addr)))
         .await
@@ -508,7 +508,7 @@ async fn rebind(build: impl Fn() -> Peer) -> (Peer, PeerAddr) {
     guard("rebind", async {
         loop {
             let p = build();
-            match p.bind().await {
+            match p.spawn_listener().await {
                 Ok(a) => return (p, a),
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                     tokio::time::sleep(Duration::from_millis(10)).await
@@ -550,7 +550,7 @@ async fn redial_after_server_restart_on_the_same_port() {
         }
     };
     let server1 = make_server("127.0.0.1:0".into())();
-    let addr = server1.bind().await.unwrap();
+    let addr = server1.spawn_listener().await.unwrap();
     let PeerAddr::Tcp(sock_addr) = addr else {
         panic!("tcp address expected")
     };
@@ -631,7 +631,7 @@ async fn graceful_shutdown_under_load_answers_every_accepted_pull() {
         });
     }
     let server = Peer::from_builder(b).unwrap();
-    let addr = dial_addr(&server.bind().await.unwrap());
+    let addr = dial_addr(&server.spawn_listener().await.unwrap());
 
     let client = Peer::new(PeerConfig::default()).unwrap();
     let mut sessions = Vec::new();

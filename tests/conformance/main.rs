@@ -12,6 +12,7 @@
 //! `reply_at_close`: a server that answers a pull and closes at once
 //! still delivers the answer ([`closing`]).
 
+mod api;
 mod closing;
 mod extensions;
 mod plugins;
@@ -28,6 +29,16 @@ macro_rules! pairs {
                 scenarios::run_pair(Rt::$server, Rt::$client);
             }
         )*
+
+        mod api_over_sockets {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    api::run(Rt::$server, Rt::$client, stringify!($name));
+                }
+            )*
+        }
 
         mod reply_at_close {
             use super::*;

@@ -300,7 +300,7 @@ fn main() -> ExitCode {
                 Ok(p) => p,
                 Err(e) => return fail(e.kind(), &format!("peer: {e}")),
             };
-            match rt.block_on(peer.bind()) {
+            match rt.block_on(peer.spawn_listener()) {
                 Ok(a) => announce(&a),
                 Err(e) => return fail(e.kind(), &format!("bind: {e}")),
             }
@@ -318,7 +318,7 @@ fn main() -> ExitCode {
                 Err(e) => return fail(e.kind(), &format!("peer: {e}")),
             };
             let smol = args.runtime == Runtime::Smol;
-            match block_on_io(smol, peer.bind()) {
+            match block_on_io(smol, peer.spawn_listener()) {
                 Ok(a) => announce(&a),
                 Err(e) => return fail(e.kind(), &format!("bind: {e}")),
             }
@@ -331,7 +331,7 @@ fn main() -> ExitCode {
                 Ok(p) => p,
                 Err(e) => return fail(e.kind(), &format!("peer: {e}")),
             };
-            match peer.bind() {
+            match peer.spawn_listener() {
                 Ok(a) => announce(&a),
                 Err(e) => return fail(e.kind(), &format!("bind: {e}")),
             }

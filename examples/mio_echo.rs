@@ -3,15 +3,14 @@
 //! back; the client pulls from a few threads at once, then both shut down.
 //!
 //! ```text
-//! cargo run -p teleport-mio --example mio_echo
+//! cargo run --no-default-features --features mio --example mio_echo
 //! ```
 
 use std::sync::mpsc;
 use std::time::Duration;
 
-use teleport_core::Rerror;
-use teleport_mio::prelude::*;
-use teleport_mio::{Peer, PeerBuilder, PeerConfig, PullCtx, PushCtx, Session};
+use teleport::prelude::*;
+use teleport::runtime::mio::{Peer, Session};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -26,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok::<_, Rerror>(s)
     });
     let server = Peer::from_builder(b)?;
-    let addr = server.bind()?;
+    let addr = server.spawn_listener()?;
     println!("serving on {addr}");
 
     // The client: takes the server's pushes.

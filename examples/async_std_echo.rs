@@ -1,16 +1,16 @@
 //! An echo server and its client on loopback, in one program that exits by
 //! itself: the server's tasks run on async-std, the client's on smol (both
 //! drive the same async-io reactor), and the main future runs under
-//! `smol::block_on`.
+//! `async_io::block_on` (what `smol::block_on` is).
 //!
 //! ```sh
-//! cargo run -p teleport-async-std --features async-std,smol --example async_std_echo
+//! cargo run --features async-std,smol --example async_std_echo
 //! ```
 
 use std::time::Duration;
 
-use teleport_async_std::core::Rerror;
-use teleport_async_std::{PeerBuilder, PeerConfig, PullCtx, PushCtx};
+use teleport::runtime::{async_std, smol};
+use teleport::{PeerBuilder, PeerConfig, PullCtx, PushCtx, Rerror};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `RUST_LOG=info` shows every packet and session event.
@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    smol::block_on(async {
+    async_io::block_on(async {
         // The server: a pull route and a push route.
         let mut b = PeerBuilder::new(PeerConfig::default());
         b.pull("/echo", |ctx: PullCtx, text: String| async move {
@@ -30,11 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         b.push("/note", |_ctx: PushCtx, note: String| async move {
             println!("server: got a push: {note}");
         });
-        let server = teleport_async_std::async_std::Peer::from_builder(b)?;
-        let addr = server.bind().await?;
+        let server = async_std::Peer::from_builder(b)?;
+        let addr = server.spawn_listener().await?;
 
         // The client.
-        let client = teleport_async_std::smol::Peer::new(PeerConfig::default())?;
+        let client = smol::Peer::new(PeerConfig::default())?;
         let session = client.dial(&addr.to_string()).await?;
         for text in ["hello", "teleport", "on async-io"] {
             let reply = session.pull::<_, String>("/echo", text).await?;

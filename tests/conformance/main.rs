@@ -1,22 +1,32 @@
 //! One conformance suite, written once and run for every server runtime ×
-//! every client runtime (tokio, async-std, smol, mio), over TCP and over a
-//! unix socket. Each pair is its own test, named `<server>_serves_<client>`,
-//! so a failure names both runtimes.
+//! every client runtime (tokio, async-std, smol, mio), over TCP, a unix
+//! socket and a unixpacket (seqpacket) one. Each pair is its own test,
+//! named `<server>_serves_<client>`, so a failure names both runtimes.
 //!
 //! The scenarios are written against `teleport_peer::Session`, the handle
 //! every adapter hands out; the client side of each scenario runs on the
 //! client runtime's own executor (for mio, a plain `block_on` on the test
 //! thread while the mio loop does the I/O).
 //!
+//! Alongside its core scenarios, each pair runs TLS on every transport
+//! ([`tls`]), a proto of the test's own ([`protos`]), connections the
+//! test hands the peers ([`served`]) and tcp6 ([`sockets`]).
+//!
 //! Besides the suite, each pair has a test of its own in
 //! `reply_at_close`: a server that answers a pull and closes at once
-//! still delivers the answer ([`closing`]).
+//! still delivers the answer ([`closing`]); and each runtime one in
+//! `socket_options`: the configured socket options on its dialed and
+//! accepted sockets ([`sockets`]).
 
 mod closing;
 mod extensions;
 mod plugins;
+mod protos;
 mod runtimes;
 mod scenarios;
+mod served;
+mod sockets;
+mod tls;
 
 use runtimes::Rt;
 
@@ -58,4 +68,28 @@ pairs! {
     mio_serves_async_std: Mio, AsyncStd;
     mio_serves_smol: Mio, Smol;
     mio_serves_mio: Mio, Mio;
+}
+
+mod socket_options {
+    use super::*;
+
+    #[test]
+    fn tokio() {
+        sockets::options(Rt::Tokio);
+    }
+
+    #[test]
+    fn async_std() {
+        sockets::options(Rt::AsyncStd);
+    }
+
+    #[test]
+    fn smol() {
+        sockets::options(Rt::Smol);
+    }
+
+    #[test]
+    fn mio() {
+        sockets::options(Rt::Mio);
+    }
 }

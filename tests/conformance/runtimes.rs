@@ -1,11 +1,18 @@
-//! Each runtime under test: how it serves, dials and runs client code.
+//! Each runtime under test: how it serves, dials, serves a connection
+//! the test hands it, and runs client code; and raw connections of the
+//! test's own.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use teleport_core::Rerror;
-use teleport_peer::{PeerAddr, PeerBuilder, Session, ShutdownReport};
+use teleport_peer::{
+    DialError, DialOptions, ListenOptions, PeerAddr, PeerBuilder, ServeOptions, Session,
+    ShutdownReport,
+};
+
+use crate::scenarios::{Net, GUARD};
 
 /// The runtimes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +63,20 @@ impl Server {
         }
     }
 
+    /// The peer, for what servers and clients both do.
+    pub fn any(&self) -> Any<'_> {
+        match self {
+            Server::Tokio(rt, p, _) => Any::Tokio(rt, p),
+            Server::AsyncIo(rt, p, _) => Any::AsyncIo(*rt, p),
+            Server::Mio(p, _) => Any::Mio(p),
+        }
+    }
+
+    /// Serves another listener (`opts` names its address, proto, TLS).
+    pub fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
+        self.any().bind_with(opts)
+    }
+
     /// Shuts the peer down (blocking).
     pub fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         match self {
@@ -89,6 +110,20 @@ impl Client {
                 .dial(addr)
                 .map(teleport_mio::Session::into_inner)
                 .map_err(Rerror::from),
+        }
+    }
+
+    /// Dials with options; the dial's own error.
+    pub fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, DialError> {
+        self.any().dial_with(addr, opts)
+    }
+
+    /// The peer, for what servers and clients both do.
+    pub fn any(&self) -> Any<'_> {
+        match self {
+            Client::Tokio(rt, p) => Any::Tokio(rt, p),
+            Client::AsyncIo(rt, p) => Any::AsyncIo(*rt, p),
+            Client::Mio(p) => Any::Mio(p),
         }
     }
 
@@ -169,6 +204,180 @@ impl Rt {
             Rt::Mio => Client::Mio(teleport_mio::Peer::from_builder(b).expect("client peer")),
         }
     }
+}
+
+/// A peer of any runtime, server or client.
+pub enum Any<'a> {
+    Tokio(&'a tokio::runtime::Runtime, &'a teleport_tokio::Peer),
+    AsyncIo(Rt, &'a teleport_async_std::Peer),
+    Mio(&'a teleport_mio::Peer),
+}
+
+impl Any<'_> {
+    /// Serves another listener.
+    pub fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
+        match self {
+            Any::Tokio(rt, p) => rt.block_on(p.bind_with(opts)),
+            Any::AsyncIo(rt, p) => rt.block_on(p.bind_with(opts)),
+            Any::Mio(p) => p.bind_with(opts),
+        }
+    }
+
+    /// Dials with options.
+    pub fn dial_with(&self, addr: &str, opts: DialOptions) -> Result<Session, DialError> {
+        match self {
+            Any::Tokio(rt, p) => rt.block_on(p.dial_with(addr, opts)),
+            Any::AsyncIo(rt, p) => rt.block_on(p.dial_with(addr, opts)),
+            Any::Mio(p) => p
+                .dial_with(addr, opts)
+                .map(teleport_mio::Session::into_inner),
+        }
+    }
+
+    /// Serves a TCP connection the test made as any stream of the
+    /// runtime's (`serve_conn`).
+    pub fn serve_tcp(&self, s: std::net::TcpStream, opts: ServeOptions) -> io::Result<Session> {
+        // As the peers' own sockets: small frames go out at once.
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        Ok(match self {
+            Any::Tokio(rt, p) => {
+                let _in_rt = rt.enter();
+                p.serve_conn(tokio::net::TcpStream::from_std(s)?, opts)
+            }
+            Any::AsyncIo(_, p) => p.serve_conn(async_io::Async::new(s)?, opts),
+            Any::Mio(p) => p
+                .serve_conn(MioConn(mio::net::TcpStream::from_std(s)), opts)
+                .into_inner(),
+        })
+    }
+
+    /// Serves a unix stream the test made as the runtime's own socket type
+    /// (`serve_connection`; mio: `serve_conn`).
+    pub fn serve_unix(
+        &self,
+        s: std::os::unix::net::UnixStream,
+        opts: ServeOptions,
+    ) -> io::Result<Session> {
+        s.set_nonblocking(true)?;
+        Ok(match self {
+            Any::Tokio(rt, p) => {
+                let _in_rt = rt.enter();
+                p.serve_connection(tokio::net::UnixStream::from_std(s)?, opts)
+            }
+            Any::AsyncIo(_, p) => p.serve_connection(async_io::Async::new(s)?, opts),
+            Any::Mio(p) => p
+                .serve_conn(MioConn(mio::net::UnixStream::from_std(s)), opts)
+                .into_inner(),
+        })
+    }
+}
+
+/// A mio stream of the test's, as a user hands one to the poll loop.
+struct MioConn<S>(S);
+
+impl<S: mio::event::Source> mio::event::Source for MioConn<S> {
+    fn register(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        self.0.register(r, t, i)
+    }
+
+    fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
+        self.0.reregister(r, t, i)
+    }
+
+    fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
+        self.0.deregister(r)
+    }
+}
+
+impl<S: Read> Read for MioConn<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<S: Write> Write for MioConn<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl teleport_mio::MioStream for MioConn<mio::net::TcpStream> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.0.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl teleport_mio::MioStream for MioConn<mio::net::UnixStream> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.0.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// A connection of the test's own, not a peer: to send what no peer
+/// would, or to stay silent.
+pub trait RawConn: Read + Write + Send {}
+
+impl<T: Read + Write + Send> RawConn for T {}
+
+/// Connects to `addr` over `net` with blocking reads that give up after
+/// [`GUARD`] (a read that hangs says so rather than hanging the test).
+pub fn raw_connect(net: Net, addr: &str) -> io::Result<Box<dyn RawConn>> {
+    Ok(match net {
+        Net::Tcp => {
+            let c = std::net::TcpStream::connect(addr)?;
+            c.set_read_timeout(Some(GUARD))?;
+            Box::new(c)
+        }
+        Net::Unix => {
+            let c = std::os::unix::net::UnixStream::connect(addr)?;
+            c.set_read_timeout(Some(GUARD))?;
+            Box::new(c)
+        }
+        Net::Unixpacket => {
+            use socket2::{Domain, SockAddr, Socket, Type};
+            let c = Socket::new(Domain::UNIX, Type::SEQPACKET, None)?;
+            c.connect(&SockAddr::unix(addr)?)?;
+            c.set_read_timeout(Some(GUARD))?;
+            Box::new(c)
+        }
+    })
+}
+
+/// Reads until the other side lets go of the connection: the end of
+/// input or a reset (`Ok` with the bytes read), or an error (a read
+/// timeout: it never did).
+pub fn read_until_dropped(conn: &mut dyn RawConn) -> io::Result<usize> {
+    let mut total = 0;
+    let mut buf = [0u8; 512];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(total),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs `f` on a thread named `name`, alongside the caller's work.
+pub fn beside<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .expect("a thread")
+}
+
+/// The thread's result; its panic is the caller's.
+pub fn join<T>(t: std::thread::JoinHandle<T>) -> T {
+    t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Binds again at an address a previous server just left (the port may

@@ -271,6 +271,26 @@ impl Any<'_> {
                 .into_inner(),
         })
     }
+
+    /// Serves a unix stream the test made as any stream of the runtime's
+    /// (`serve_conn`).
+    pub fn serve_unix_stream(
+        &self,
+        s: std::os::unix::net::UnixStream,
+        opts: ServeOptions,
+    ) -> io::Result<Session> {
+        s.set_nonblocking(true)?;
+        Ok(match self {
+            Any::Tokio(rt, p) => {
+                let _in_rt = rt.enter();
+                p.serve_conn(tokio::net::UnixStream::from_std(s)?, opts)
+            }
+            Any::AsyncIo(_, p) => p.serve_conn(async_io::Async::new(s)?, opts),
+            Any::Mio(p) => p
+                .serve_conn(MioConn(mio::net::UnixStream::from_std(s)), opts)
+                .into_inner(),
+        })
+    }
 }
 
 /// A mio stream of the test's, as a user hands one to the poll loop.

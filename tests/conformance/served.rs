@@ -225,3 +225,34 @@ fn socket_pair(server_rt: Rt, client_rt: Rt, name: &str) {
     client.shutdown();
     server.shutdown();
 }
+
+/// Closing a served session ends the connection's writing side by the
+/// time `close` returns ("returns when the connection is closed"): the
+/// other end reads the end of input then, whether or not the socket
+/// itself lingers. On both runtimes of the pair, over a unix socket pair
+/// (where the end is there as soon as it is sent).
+pub fn close_ends_the_writing_side(server_rt: Rt, client_rt: Rt, pair: &str) {
+    use std::io::Read;
+    for rt in [server_rt, client_rt] {
+        let name = &format!("{pair}: {rt:?} (serve_conn: a close ends the writing side)");
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let peer = peer(rt, "served", &Roles::default());
+        let s = peer
+            .any()
+            .serve_unix_stream(theirs, ServeOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: serve_conn: {e}"));
+        peer.block_on(guard(name, s.close()));
+        ours.set_nonblocking(true).expect("non-blocking");
+        let mut buf = [0u8; 64];
+        match ours.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("{name}: the session sent {n} bytes"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => panic!(
+                "{name}: close() returned, and the other end reads no end of input: \
+                 the writing side was not shut down"
+            ),
+            Err(e) => panic!("{name}: {e}"),
+        }
+        peer.shutdown();
+    }
+}

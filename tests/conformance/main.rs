@@ -12,11 +12,14 @@
 //! ([`tls`]), a proto of the test's own ([`protos`]), connections the
 //! test hands the peers ([`served`]) and tcp6 ([`sockets`]).
 //!
-//! Besides the suite, each pair has a test of its own in
-//! `reply_at_close`: a server that answers a pull and closes at once
-//! still delivers the answer ([`closing`]); and each runtime one in
-//! `socket_options`: the configured socket options on its dialed and
-//! accepted sockets ([`sockets`]).
+//! Besides the suite, each pair has two tests of its own: in
+//! `reply_at_close`, a server that answers a pull and closes at once still
+//! delivers the answer ([`closing`]); in `socket_options`, the configured
+//! socket options are on the client runtime's dialed sockets and the
+//! server runtime's accepted ones, and were there in time for the
+//! handshake ([`sockets`]). And each runtime has one in `served_close`:
+//! closing a served connection ends its writing side by the time `close`
+//! returns ([`served`]).
 
 mod closing;
 mod extensions;
@@ -48,6 +51,16 @@ macro_rules! pairs {
                 }
             )*
         }
+
+        mod socket_options {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    sockets::options(Rt::$server, Rt::$client);
+                }
+            )*
+        }
     };
 }
 
@@ -70,26 +83,26 @@ pairs! {
     mio_serves_mio: Mio, Mio;
 }
 
-mod socket_options {
+mod served_close {
     use super::*;
 
     #[test]
     fn tokio() {
-        sockets::options(Rt::Tokio);
+        served::close_ends_the_writing_side(Rt::Tokio);
     }
 
     #[test]
     fn async_std() {
-        sockets::options(Rt::AsyncStd);
+        served::close_ends_the_writing_side(Rt::AsyncStd);
     }
 
     #[test]
     fn smol() {
-        sockets::options(Rt::Smol);
+        served::close_ends_the_writing_side(Rt::Smol);
     }
 
     #[test]
     fn mio() {
-        sockets::options(Rt::Mio);
+        served::close_ends_the_writing_side(Rt::Mio);
     }
 }

@@ -13,7 +13,7 @@ use teleport_core::{
     XferPipe, XferRegistry,
 };
 use teleport_peer::{
-    DialOptions, ListenOptions, PeerBuilder, PeerConfig, PullCtx, PushCtx, Replied, Reply, Session,
+    Answer, DialOptions, ListenOptions, PeerBuilder, PeerConfig, PullCtx, PushCtx, Reply, Session,
 };
 use tokio::sync::mpsc;
 
@@ -237,10 +237,10 @@ pub fn routes(b: &mut PeerBuilder, notes: mpsc::UnboundedSender<String>) {
         } else {
             "no"
         };
-        Ok::<_, Rerror>(Replied::new(s).meta("gz", gz))
+        Ok::<_, Rerror>(Answer::new(s).meta("gz", gz))
     });
     b.pull("/meta", |ctx: PullCtx, _: ()| async move {
-        let mut r = Replied::new(());
+        let mut r = Answer::new(());
         for (k, v) in ctx.query().iter() {
             r.meta.add([b"q-", k].concat(), v);
         }

@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use teleport_core::Rerror;
@@ -60,6 +62,29 @@ impl Server {
             Server::Tokio(_, p, _) => p.sessions().len(),
             Server::AsyncIo(_, p, _) => p.sessions().len(),
             Server::Mio(p, _) => p.sessions().len(),
+        }
+    }
+
+    /// A handle to each session the peer holds.
+    pub fn sessions(&self) -> Vec<Session> {
+        match self {
+            Server::Tokio(_, p, _) => p.sessions(),
+            Server::AsyncIo(_, p, _) => p.sessions(),
+            Server::Mio(p, _) => p
+                .sessions()
+                .into_iter()
+                .map(teleport_mio::Session::into_inner)
+                .collect(),
+        }
+    }
+
+    /// Runs code of the server's to completion on its runtime (for mio, a
+    /// plain `block_on`; the mio loop does the I/O).
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        match self {
+            Server::Tokio(rt, _, _) => rt.block_on(f),
+            Server::AsyncIo(rt, _, _) => rt.block_on(f),
+            Server::Mio(_, _) => futures_executor::block_on(f),
         }
     }
 
@@ -272,8 +297,9 @@ impl Any<'_> {
         })
     }
 
-    /// Serves a unix stream the test made as any stream of the runtime's
-    /// (`serve_conn`).
+    /// Serves a unix stream the test made as a stream of the user's
+    /// (`serve_conn`): tokio's unix stream; for async-io, one of ours
+    /// ([`EndsOnClose`]); for mio, ours as for [`Any::serve_unix`].
     pub fn serve_unix_stream(
         &self,
         s: std::os::unix::net::UnixStream,
@@ -285,11 +311,45 @@ impl Any<'_> {
                 let _in_rt = rt.enter();
                 p.serve_conn(tokio::net::UnixStream::from_std(s)?, opts)
             }
-            Any::AsyncIo(_, p) => p.serve_conn(async_io::Async::new(s)?, opts),
+            Any::AsyncIo(_, p) => p.serve_conn(EndsOnClose(async_io::Async::new(s)?), opts),
             Any::Mio(p) => p
                 .serve_conn(MioConn(mio::net::UnixStream::from_std(s)), opts)
                 .into_inner(),
         })
+    }
+}
+
+/// A futures-io stream of the test's, as a user hands one to `serve_conn`:
+/// an async-io unix stream whose close ends its writing side (async-io's
+/// own `poll_close` only flushes, so its end would wait for the socket to
+/// go).
+struct EndsOnClose(async_io::Async<std::os::unix::net::UnixStream>);
+
+impl smol::io::AsyncRead for EndsOnClose {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl smol::io::AsyncWrite for EndsOnClose {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
 

@@ -188,7 +188,6 @@ pub fn run_pair(server_rt: Rt, client_rt: Rt) {
         crate::protos::run(server_rt, client_rt, &pair);
         crate::served::run(server_rt, client_rt, &pair);
         crate::sockets::tcp6(server_rt, client_rt, &pair);
-        crate::served::close_ends_the_writing_side(server_rt, client_rt, &pair);
     });
     for net in Net::ALL {
         let name = name(net);

@@ -228,18 +228,32 @@ fn socket_pair(server_rt: Rt, client_rt: Rt, name: &str) {
 
 /// Closing a served session ends the connection's writing side by the
 /// time `close` returns ("returns when the connection is closed"): the
-/// other end reads the end of input then, whether or not the socket
-/// itself lingers. On both runtimes of the pair, over a unix socket pair
-/// (where the end is there as soon as it is sent).
-pub fn close_ends_the_writing_side(server_rt: Rt, client_rt: Rt, pair: &str) {
+/// other end reads the end of input then, though the socket itself
+/// lingers (its reading side waits for the other end's). Over a unix
+/// socket pair, where the end is there as soon as it is sent, so a
+/// non-blocking read finds it or it was not sent: both as the runtime's
+/// own socket type and as a stream of the user's whose close ends it.
+pub fn close_ends_the_writing_side(rt: Rt) {
     use std::io::Read;
-    for rt in [server_rt, client_rt] {
-        let name = &format!("{pair}: {rt:?} (serve_conn: a close ends the writing side)");
+    type Serve = fn(
+        &crate::runtimes::Any<'_>,
+        std::os::unix::net::UnixStream,
+        ServeOptions,
+    ) -> std::io::Result<Session>;
+    let ways: [(&str, Serve); 2] = [
+        (
+            "serve_connection over the runtime's own unix stream",
+            |p, s, o| p.serve_unix(s, o),
+        ),
+        ("serve_conn over a stream of the user's", |p, s, o| {
+            p.serve_unix_stream(s, o)
+        }),
+    ];
+    for (way, serve) in ways {
+        let name = &format!("{rt:?}: {way}: close ends the writing side");
         let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
         let peer = peer(rt, "served", &Roles::default());
-        let s = peer
-            .any()
-            .serve_unix_stream(theirs, ServeOptions::default())
+        let s = serve(&peer.any(), theirs, ServeOptions::default())
             .unwrap_or_else(|e| panic!("{name}: serve_conn: {e}"));
         peer.block_on(guard(name, s.close()));
         ours.set_nonblocking(true).expect("non-blocking");
@@ -253,6 +267,8 @@ pub fn close_ends_the_writing_side(server_rt: Rt, client_rt: Rt, pair: &str) {
             ),
             Err(e) => panic!("{name}: {e}"),
         }
+        // Our end too: the lingering socket goes at once.
+        drop(ours);
         peer.shutdown();
     }
 }

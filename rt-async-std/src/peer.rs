@@ -285,16 +285,6 @@ impl Peer {
         self.spawn_listener_with(ListenOptions::default()).await
     }
 
-    #[doc(hidden)]
-    pub async fn bind(&self) -> io::Result<PeerAddr> {
-        self.spawn_listener().await
-    }
-
-    #[doc(hidden)]
-    pub async fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
-        self.spawn_listener_with(opts).await
-    }
-
     /// [`Peer::spawn_listener`] with options (another address, a proto of this
     /// listener's own).
     pub async fn spawn_listener_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {

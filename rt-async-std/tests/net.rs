@@ -6,7 +6,7 @@
 #![cfg(unix)]
 
 #[cfg(feature = "tls")]
-#[path = "../../rt-mio/tests/support/certs.rs"]
+#[path = "../../testkit/src/certs.rs"]
 mod certs;
 mod common;
 

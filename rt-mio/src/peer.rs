@@ -167,16 +167,6 @@ impl Peer {
         self.spawn_listener_with(ListenOptions::default())
     }
 
-    #[doc(hidden)]
-    pub fn bind(&self) -> io::Result<PeerAddr> {
-        self.spawn_listener()
-    }
-
-    #[doc(hidden)]
-    pub fn bind_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
-        self.spawn_listener_with(opts)
-    }
-
     /// [`Peer::spawn_listener`] with options (another address, a proto or TLS of this
     /// listener's own). A TLS listener's handshakes run on the poll loop,
     /// each within the acceptor's timeout; one that fails is logged and the

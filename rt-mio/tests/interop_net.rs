@@ -3,7 +3,7 @@
 //! the other.
 
 #[cfg(feature = "tls")]
-#[path = "support/certs.rs"]
+#[path = "../../testkit/src/certs.rs"]
 mod certs;
 mod common;
 

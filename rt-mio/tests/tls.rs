@@ -5,7 +5,7 @@
 //! per-listener and per-dial choices, and re-dials that speak TLS again.
 #![cfg(feature = "tls")]
 
-#[path = "support/certs.rs"]
+#[path = "../../testkit/src/certs.rs"]
 mod certs;
 mod common;
 

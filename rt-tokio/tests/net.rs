@@ -4,7 +4,7 @@
 //! loopback connection on tcp6, and the dial timeout.
 
 #[cfg(feature = "tls")]
-#[path = "../../rt-mio/tests/support/certs.rs"]
+#[path = "../../testkit/src/certs.rs"]
 mod certs;
 mod common;
 

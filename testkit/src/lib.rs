@@ -1,6 +1,6 @@
 //! Helpers every adapter's integration tests share (a dev-dependency only):
-//! unix socket paths in the temp dir, and server/client configs per
-//! transport.
+//! unix socket paths in the temp dir, server/client configs per
+//! transport, and (feature `tls`) certificates made in the test.
 #![warn(missing_docs)]
 
 use std::path::PathBuf;
@@ -137,3 +137,6 @@ pub fn capture_logs() {
 pub fn captured_logs() -> String {
     String::from_utf8_lossy(&CAPTURED.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
+
+#[cfg(feature = "tls")]
+pub mod certs;

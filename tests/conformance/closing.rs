@@ -33,7 +33,7 @@ use teleport_core::{CloseReason, CodecId, Packet, PacketType, Plugin, PluginCtx,
 use teleport_peer::{PeerBuilder, PeerConfig, PullCtx, PushCtx, Session};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::runtimes::{Client, Rt, SockPath};
+use crate::runtimes::{Client, Rt};
 use crate::scenarios::{client_config, guard, server_config, Net};
 
 /// Exchanges per transport and kind.
@@ -149,7 +149,7 @@ fn peer_hung_up() -> Vec<String> {
 
 pub fn run_pair(server_rt: Rt, client_rt: Rt) {
     let mut report = Vec::new();
-    for net in [Net::Tcp, Net::Unix] {
+    for net in Net::ALL {
         let name = format!("{server_rt:?} server x {client_rt:?} client over {net:?}");
         run_net(server_rt, client_rt, net, &name, &mut report);
     }
@@ -158,7 +158,7 @@ pub fn run_pair(server_rt: Rt, client_rt: Rt) {
 
 fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str, report: &mut Vec<String>) {
     // The /bye server.
-    let sock = (net == Net::Unix).then(|| SockPath::new(name));
+    let sock = net.sock(name);
     let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
     let mut b = PeerBuilder::new(server_config(net, &sock, "127.0.0.1:0"));
     b.plugin(Bye {
@@ -179,7 +179,7 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str, report: &mut Vec<
     let bye_addr = bye_server.addr().dial_string();
 
     // The auth server.
-    let auth_sock = (net == Net::Unix).then(|| SockPath::new(name));
+    let auth_sock = net.sock(name);
     let mut b = PeerBuilder::new(server_config(net, &auth_sock, "127.0.0.1:0"));
     b.plugin(Auth::acceptor(crate::plugins::verify));
     b.push("/sink", |_ctx: PushCtx, _: String| async move {});

@@ -20,7 +20,7 @@ use teleport_peer::{
 };
 use tokio::sync::mpsc;
 
-use crate::runtimes::{Rt, Server, SockPath};
+use crate::runtimes::{Rt, Server};
 use crate::scenarios::{client_config, guard, server_config, Net};
 
 /// Our codec: JSON, written as lowercase hex.
@@ -388,7 +388,7 @@ fn server_routes(b: &mut PeerBuilder) -> Seen {
 
 pub fn run(server_rt: Rt, client_rt: Rt, net: Net, name: &str) {
     let name = &format!("{name} (extensions)");
-    let sock = (net == Net::Unix).then(|| SockPath::new(name));
+    let sock = net.sock(name);
     let server_tap = Tap::new("server");
     let server_shift = Shift::default();
     let mut b = PeerBuilder::new(server_config(net, &sock, "127.0.0.1:0"));

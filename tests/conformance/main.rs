@@ -1,23 +1,36 @@
 //! One conformance suite, written once and run for every server runtime ×
-//! every client runtime (tokio, async-std, smol, mio), over TCP and over a
-//! unix socket. Each pair is its own test, named `<server>_serves_<client>`,
-//! so a failure names both runtimes.
+//! every client runtime (tokio, async-std, smol, mio), over TCP, a unix
+//! socket and a unixpacket (seqpacket) one. Each pair is its own test,
+//! named `<server>_serves_<client>`, so a failure names both runtimes.
 //!
 //! The scenarios are written against `teleport_peer::Session`, the handle
 //! every adapter hands out; the client side of each scenario runs on the
 //! client runtime's own executor (for mio, a plain `block_on` on the test
 //! thread while the mio loop does the I/O).
 //!
-//! Besides the suite, each pair has a test of its own in
-//! `reply_at_close`: a server that answers a pull and closes at once
-//! still delivers the answer ([`closing`]).
+//! Alongside its core scenarios, each pair runs TLS on every transport
+//! ([`tls`]), a proto of the test's own ([`protos`]), connections the
+//! test hands the peers ([`served`]) and tcp6 ([`sockets`]).
+//!
+//! Besides the suite, each pair has two tests of its own: in
+//! `reply_at_close`, a server that answers a pull and closes at once still
+//! delivers the answer ([`closing`]); in `socket_options`, the configured
+//! socket options are on the client runtime's dialed sockets and the
+//! server runtime's accepted ones, and were there in time for the
+//! handshake ([`sockets`]). And each runtime has one in `served_close`:
+//! closing a served connection ends its writing side by the time `close`
+//! returns ([`served`]).
 
 mod api;
 mod closing;
 mod extensions;
 mod plugins;
+mod protos;
 mod runtimes;
 mod scenarios;
+mod served;
+mod sockets;
+mod tls;
 
 use runtimes::Rt;
 
@@ -49,6 +62,16 @@ macro_rules! pairs {
                 }
             )*
         }
+
+        mod socket_options {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    sockets::options(Rt::$server, Rt::$client);
+                }
+            )*
+        }
     };
 }
 
@@ -69,4 +92,28 @@ pairs! {
     mio_serves_async_std: Mio, AsyncStd;
     mio_serves_smol: Mio, Smol;
     mio_serves_mio: Mio, Mio;
+}
+
+mod served_close {
+    use super::*;
+
+    #[test]
+    fn tokio() {
+        served::close_ends_the_writing_side(Rt::Tokio);
+    }
+
+    #[test]
+    fn async_std() {
+        served::close_ends_the_writing_side(Rt::AsyncStd);
+    }
+
+    #[test]
+    fn smol() {
+        served::close_ends_the_writing_side(Rt::Smol);
+    }
+
+    #[test]
+    fn mio() {
+        served::close_ends_the_writing_side(Rt::Mio);
+    }
 }

@@ -2,7 +2,6 @@
 //! route, stats counting both sides, heartbeat keeping a quiet session
 //! alive and closing a silent one.
 
-use std::io::Read;
 use std::time::Duration;
 
 use teleport_core::plugin::{Auth, Heartbeat, Stats};
@@ -10,7 +9,7 @@ use teleport_core::{CloseReason, Plugin, PluginCtx, Rerror};
 use teleport_peer::{PeerBuilder, PullCtx, Session};
 
 use crate::runtimes::{Client, Rt, Server, SockPath};
-use crate::scenarios::{client_config, guard, server_config, Net, GUARD};
+use crate::scenarios::{client_config, guard, server_config, Net};
 
 fn echo_server(b: &mut PeerBuilder) {
     b.pull("/echo", |_ctx: PullCtx, s: String| async move {
@@ -66,7 +65,7 @@ impl HeartbeatCheck {
     pub fn start(server_rt: Rt, client_rt: Rt, net: Net, name: &str) -> HeartbeatCheck {
         let name = format!("{name} (heartbeat)");
         let hb = Heartbeat::new(PING, SILENCE);
-        let sock = (net == Net::Unix).then(|| SockPath::new(&name));
+        let sock = net.sock(&name);
         let mut b = PeerBuilder::new(server_config(net, &sock, "127.0.0.1:0"));
         echo_server(&mut b);
         b.plugin(hb);
@@ -85,28 +84,8 @@ impl HeartbeatCheck {
         // The raw client: the server's pings arrive, then the connection
         // ends.
         let silent = std::thread::spawn(move || -> std::io::Result<usize> {
-            let mut conn: Box<dyn Read + Send> = match net {
-                Net::Tcp => {
-                    let c = std::net::TcpStream::connect(&addr)?;
-                    c.set_read_timeout(Some(GUARD))?;
-                    Box::new(c)
-                }
-                Net::Unix => {
-                    let c = std::os::unix::net::UnixStream::connect(&addr)?;
-                    c.set_read_timeout(Some(GUARD))?;
-                    Box::new(c)
-                }
-            };
-            let mut total = 0;
-            let mut buf = [0u8; 256];
-            loop {
-                match conn.read(&mut buf) {
-                    Ok(0) => return Ok(total),
-                    Ok(n) => total += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(total),
-                    Err(e) => return Err(e),
-                }
-            }
+            let mut conn = crate::runtimes::raw_connect(net, &addr)?;
+            crate::runtimes::read_until_dropped(&mut *conn)
         });
         HeartbeatCheck {
             name,
@@ -159,7 +138,7 @@ impl HeartbeatCheck {
 /// credentials, the wrong ones, none.
 pub fn auth_and_stats(server_rt: Rt, client_rt: Rt, net: Net, name: &str) {
     let name = &format!("{name} (auth)");
-    let sock = (net == Net::Unix).then(|| SockPath::new(name));
+    let sock = net.sock(name);
     let server_stats = Stats::new();
     let mut b = PeerBuilder::new(server_config(net, &sock, "127.0.0.1:0"));
     echo_server(&mut b);

@@ -13,8 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::runtimes::{Rt, SockPath};
 
-/// Only a guard against hangs; nothing asserts how fast anything was.
-pub const GUARD: Duration = Duration::from_secs(20);
+pub use crate::runtimes::{Net, GUARD};
 
 /// Awaits `f`, failing with `what` if it hangs.
 pub async fn guard<F: Future>(what: &str, f: F) -> F::Output {
@@ -139,21 +138,23 @@ fn server_routes(b: &mut PeerBuilder, probe: &Probe) {
     });
 }
 
-/// Which transport a run uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Net {
-    Tcp,
-    Unix,
-}
-
 pub fn run_pair(server_rt: Rt, client_rt: Rt) {
     let name = |net: Net| format!("{server_rt:?} server x {client_rt:?} client over {net:?}");
     // Heartbeat waits out a silence: it runs alongside the rest.
-    let heartbeats: Vec<_> = [Net::Tcp, Net::Unix]
+    let heartbeats: Vec<_> = Net::ALL
         .into_iter()
         .map(|net| crate::plugins::HeartbeatCheck::start(server_rt, client_rt, net, &name(net)))
         .collect();
-    for net in [Net::Tcp, Net::Unix] {
+    // TLS, protos, served connections and tcp6 have servers and clients of
+    // their own, and waits of their own (a handshake timeout): alongside.
+    let pair = format!("{server_rt:?} server x {client_rt:?} client");
+    let beside = crate::runtimes::beside(format!("{pair}: tls, protos, served"), move || {
+        crate::tls::run(server_rt, client_rt, &pair);
+        crate::protos::run(server_rt, client_rt, &pair);
+        crate::served::run(server_rt, client_rt, &pair);
+        crate::sockets::tcp6(server_rt, client_rt, &pair);
+    });
+    for net in Net::ALL {
         let name = name(net);
         run_net(server_rt, client_rt, net, &name);
         crate::extensions::run(server_rt, client_rt, net, &name);
@@ -163,17 +164,18 @@ pub fn run_pair(server_rt: Rt, client_rt: Rt) {
     }
     // Last, as its refusals close sessions right after answering, which
     // is where a reply can still be lost (see `closing`).
-    for net in [Net::Tcp, Net::Unix] {
+    for net in Net::ALL {
         crate::plugins::auth_and_stats(server_rt, client_rt, net, &name(net));
     }
+    crate::runtimes::join(beside);
 }
 
 /// A server's settings for `net`: the unix socket at `sock`, or TCP at
 /// `listen_tcp`.
 pub fn server_config(net: Net, sock: &Option<SockPath>, listen_tcp: &str) -> PeerConfig {
-    match (net, sock) {
-        (Net::Unix, Some(p)) => PeerConfig {
-            network: teleport_peer::Network::Unix,
+    match sock {
+        Some(p) if net.is_unix() => PeerConfig {
+            network: net.network(),
             listen_address: p.as_str().to_string(),
             ..PeerConfig::default()
         },
@@ -187,16 +189,13 @@ pub fn server_config(net: Net, sock: &Option<SockPath>, listen_tcp: &str) -> Pee
 /// A client's settings for `net` (no redial).
 pub fn client_config(net: Net) -> PeerConfig {
     PeerConfig {
-        network: match net {
-            Net::Unix => teleport_peer::Network::Unix,
-            Net::Tcp => teleport_peer::Network::Tcp,
-        },
+        network: net.network(),
         ..PeerConfig::default()
     }
 }
 
 fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str) {
-    let sock = (net == Net::Unix).then(|| SockPath::new(name));
+    let sock = net.sock(name);
     let (push_tx, mut push_rx) = mpsc::unbounded_channel();
     let (started_tx, mut started_rx) = mpsc::unbounded_channel();
     let probe = Probe {
@@ -217,11 +216,7 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str) {
 
     let (note_tx, mut note_rx) = mpsc::unbounded_channel();
     let mut cb = PeerBuilder::new(PeerConfig {
-        network: if net == Net::Unix {
-            teleport_peer::Network::Unix
-        } else {
-            teleport_peer::Network::Tcp
-        },
+        network: net.network(),
         redial_times: 20,
         redial_interval: Duration::from_millis(20),
         ..PeerConfig::default()
@@ -500,7 +495,8 @@ fn queue_limit_holds(name: &str, net: Net, client_rt: Rt) {
         // The kernel's buffers take some megabytes, then the session's
         // queue fills up to the limit.
         for _ in 0..512 {
-            if let Err(e) = guard(name, s.push("/sink", &body)).await {
+            let push = s.call("/sink").codec(CodecId::STRING).push(&body);
+            if let Err(e) = guard(name, push).await {
                 return Some(e);
             }
         }
@@ -542,22 +538,13 @@ fn hostile(
     client: &crate::runtimes::Client,
     s: &Session,
 ) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let addr = server.addr().dial_string();
     let bad = std::thread::spawn(move || -> std::io::Result<usize> {
-        let mut conn: Box<dyn ReadWrite> = match net {
-            Net::Tcp => Box::new(std::net::TcpStream::connect(&addr)?),
-            Net::Unix => Box::new(std::os::unix::net::UnixStream::connect(&addr)?),
-        };
-        conn.set_guard(GUARD)?;
+        let mut conn = crate::runtimes::raw_connect(net, &addr)?;
         conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut buf = [0u8; 64];
-        // The server closes: end of stream (or a reset).
-        match conn.read(&mut buf) {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(0),
-            Err(e) => Err(e),
-        }
+        // The server closes: end of stream (or a reset), with nothing said.
+        crate::runtimes::read_until_dropped(&mut *conn)
     });
     client.block_on(async {
         for i in 0..50 {
@@ -571,22 +558,6 @@ fn hostile(
         .expect("hostile thread")
         .unwrap_or_else(|e| panic!("{name}: the hostile client was not cut off: {e}"));
     assert_eq!(n, 0, "{name}: the server answered garbage");
-}
-
-trait ReadWrite: std::io::Read + std::io::Write + Send {
-    fn set_guard(&self, d: Duration) -> std::io::Result<()>;
-}
-
-impl ReadWrite for std::net::TcpStream {
-    fn set_guard(&self, d: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(d))
-    }
-}
-
-impl ReadWrite for std::os::unix::net::UnixStream {
-    fn set_guard(&self, d: Duration) -> std::io::Result<()> {
-        self.set_read_timeout(Some(d))
-    }
 }
 
 /// Shutdown with pulls in flight: every pull the server accepted gets its

@@ -1,7 +1,9 @@
 //! Certificates made in the test (rcgen, ring): a CA, leaves it signs
 //! (valid, expired, for other names), and the acceptors and connectors
-//! over them. Runtime-free: it builds `teleport_peer::tls` values only, so
-//! any adapter's tests (and the conformance suite) can use it as is.
+//! over them. Runtime-free: it builds `teleport_peer::tls` values only.
+//! `teleport_testkit::certs` with the feature `tls`; an adapter's tests,
+//! whose dev-dependency on the testkit has no features, include this file
+//! with `#[path]`.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::sync::Arc;
@@ -28,7 +30,9 @@ pub struct Ca {
 
 /// A certificate and its key (PEM).
 pub struct Leaf {
+    /// The certificate.
     pub cert: String,
+    /// Its private key.
     pub key: String,
 }
 

@@ -11,7 +11,14 @@ teleport) plus a few crafted inputs, one file per seed, named
 - codecs: each distinct non-empty body of the vectors, and one value of
   each sample type of `teleport_core::fuzzing::codecs`;
 - gzip:   each gzip payload of the vectors (Go's sync-flushed form), the
-  same text as a complete gzip member, and plain text.
+  same text as a complete gzip member, and plain text;
+- session: scripts of operations for `teleport_core::fuzzing::session`
+  (a flags byte, then op codes and their arguments in the layout its
+  `Rig::op` reads; `Session` below writes them): echo, held and refused
+  pulls, pushes, replies to our pulls, timeouts, deferred gzip decodes
+  run, failed and dropped, backpressure, end of input, write and I/O
+  errors, heartbeat, graceful close. A script whose bytes no longer mean
+  the same after a change of the harness is still a valid input.
 
 Seeds with the same bytes are written once (except for unpack, one per
 vector). Stale seed-* files are removed first; other corpus files (the fuzzer's own
@@ -59,6 +66,103 @@ def go_style_gzip(plain: bytes) -> bytes:
     )
 
 
+class Session:
+    """Builds an input of the `session` target, op by op."""
+
+    # Op codes: the first of each op's range in `Rig::op`.
+    FRAME, GARBAGE, DELIVER, PULL, PUSH, ANSWER, STALE = 0, 6, 7, 10, 12, 13, 15
+    ADVANCE, TIMEOUT, FIRE, DECODE, CLOSE, CLOSE_BY, EOF = 16, 18, 19, 20, 22, 23, 24
+    WRITE_ERROR, IO_ERROR, TRANSMIT, WRITE = 25, 26, 27, 29
+    # Flags (the first byte).
+    DEFAULT_TIMEOUT, SMALL_INCOMING, IDLE, NO_FRAME_TIMEOUT = 1, 2, 4, 8
+    ZERO_CLOSE, INLINE_ONLY, HEARTBEAT, HOLDS_OUTPUT = 16, 32, 64, 128
+    # Indexes into `URIS`.
+    ECHO, HOLD, SINK, HEARTBEAT_URI, NOPE = 0, 1, 2, 3, 4
+
+    def __init__(self, flags: int = 0):
+        self.b = bytearray([flags])
+
+    def op(self, *bs: int) -> "Session":
+        self.b.extend(bs)
+        return self
+
+    @staticmethod
+    def text(t: bytes) -> list:
+        return [2, len(t), *t]
+
+    @staticmethod
+    def repeat(n: int, byte: int) -> list:
+        return [5, n & 0xFF, n >> 8, byte]
+
+    def frame(self, kind: int, seq: int, uri: int, body: list,
+              gzip: bool = False, read: bool = True) -> "Session":
+        """kind 0 pull, 3 push, 4 reply (to our oldest waiting pull)."""
+        b = [self.FRAME, kind]
+        b += [6, 0] if kind == 4 else [0, seq]
+        b += [uri, 0]  # no meta
+        if kind == 4:
+            b.append(1)  # no error in meta
+        b.append(0)  # string codec
+        b += body
+        b.append(4 if gzip else 0)
+        b += [0, 0 if read else 2]  # undamaged; a read or none
+        return self.op(*b)
+
+    def pull(self, uri: int, body: list, secs=None) -> "Session":
+        b = [self.PULL, uri, 0, *body, 0]
+        b += [2] if secs is None else [3, secs]
+        return self.op(*b)
+
+    def bytes(self) -> bytes:
+        return bytes(self.b)
+
+
+def session_seeds() -> dict:
+    S = Session
+    t = S.text
+    seeds = {
+        "echo": S().frame(0, 1, S.ECHO, t(b"hi")).frame(3, 2, S.SINK, t(b"p"))
+        .frame(0, 3, S.NOPE, t(b"x")).op(S.PUSH, S.SINK, 0, 0, 0).op(S.TRANSMIT),
+        "hold-eof": S(S.SMALL_INCOMING)
+        .frame(0, 1, S.HOLD, S.repeat(3000, 97), read=False)
+        .frame(0, 2, S.HOLD, S.repeat(3000, 98), read=False)
+        .frame(0, 3, S.HOLD, t(b"c"), read=False)
+        .op(S.DELIVER, 4).op(S.EOF).op(S.ANSWER, 0, 0).op(S.ANSWER, 0, 0)
+        .op(S.STALE, 0).op(S.ANSWER, 0, 0).op(S.TRANSMIT),
+        "own-pulls": S(S.HOLDS_OUTPUT).pull(S.ECHO, t(b"a"), 1)
+        .pull(S.HOLD, t(b"b"), 2).pull(S.HOLD, t(b"c"))
+        .op(S.TRANSMIT).op(S.WRITE, 2).frame(4, 0, S.ECHO, t(b"reply"))
+        .op(S.FIRE, 3),
+        "gzip-defer": S().frame(0, 1, S.ECHO, S.repeat(8000, 122), gzip=True)
+        .frame(0, 2, S.ECHO, t(b"after")).op(S.DECODE, 2).op(S.DELIVER, 4)
+        .op(S.TRANSMIT),
+        "gzip-drop": S().frame(0, 1, S.ECHO, S.repeat(8000, 122), gzip=True)
+        .op(S.DECODE, 0).op(S.EOF).op(S.CLOSE).op(S.FIRE, 0),
+        "gzip-fail": S().frame(0, 1, S.HOLD, S.repeat(8000, 1), gzip=True)
+        .op(S.DECODE, 1),
+        "errors": S(S.DEFAULT_TIMEOUT).pull(S.ECHO, t(b"x"))
+        .frame(0, 1, S.HOLD, t(b"h")).op(S.WRITE_ERROR).op(S.ANSWER, 0, 0)
+        .op(S.FIRE, 1),
+        "io-error": S().pull(S.ECHO, t(b"x")).op(S.IO_ERROR),
+        "drip": S().op(S.GARBAGE, 3, 0, 0, 0).op(S.DELIVER, 4).op(S.FIRE, 0),
+        "heartbeat": S(S.HEARTBEAT | S.IDLE).op(S.FIRE, 1).op(S.TRANSMIT)
+        .frame(3, 1, S.HEARTBEAT_URI, [0]).op(S.FIRE, 3),
+        "drain": S(S.HOLDS_OUTPUT).frame(0, 1, S.HOLD, t(b"h"))
+        .pull(S.HOLD, t(b"q"), 30).op(S.CLOSE).frame(0, 2, S.ECHO, t(b"late"))
+        .frame(4, 0, S.ECHO, t(b"r")).op(S.ADVANCE, 7).op(S.TIMEOUT),
+        "backpressure": S(S.HOLDS_OUTPUT),
+    }
+    bp = seeds["backpressure"]
+    for i in range(20):
+        bp.frame(0, i, S.ECHO if i % 3 else S.HOLD, S.repeat(30000, i), read=False)
+    for _ in range(8):
+        bp.op(S.DELIVER, 4).op(S.ANSWER, 0, 0)
+    bp.op(S.TRANSMIT).op(S.WRITE, 2)
+    for _ in range(8):
+        bp.op(S.DELIVER, 4).op(S.ANSWER, 0, 0).op(S.TRANSMIT).op(S.WRITE, 2)
+    return {k: v.bytes() for k, v in seeds.items()}
+
+
 def crafted() -> dict:
     text = b"hello teleport, " * 8
     return {
@@ -87,11 +191,12 @@ def crafted() -> dict:
             "go-style": go_style_gzip(text),
             "plain": text,
         },
+        "session": session_seeds(),
     }
 
 
 def main() -> None:
-    seeds = {t: {} for t in ["unpack", "meta", "codecs", "gzip"]}
+    seeds = {t: {} for t in ["unpack", "meta", "codecs", "gzip", "session"]}
     seen = set()
     with vectors.open(encoding="utf-8") as f:
         for line in f:

@@ -283,3 +283,77 @@ fn a_frame_dripped_too_slowly_is_cut_off_at_the_frame_timeout() {
         Some(CloseReason::FrameTimeout(Duration::from_secs(1)))
     );
 }
+
+/// The server's read limit in [`a_pull_whose_uri_nearly_fills_a_frame_still_gets_a_reply`].
+const SMALL_LIMIT: usize = 4096;
+
+/// A pull frame of exactly `len` bytes to `path?aaa…`.
+fn pull_of_len(path: &str, seq: u64, len: usize) -> BytesMut {
+    let with_uri = |n: usize| {
+        let mut uri = format!("{path}?").into_bytes();
+        uri.resize(n, b'a');
+        let mut p = Packet::new(
+            PacketType::PULL,
+            Seq(seq),
+            teleport_core::Uri::from_bytes(uri.into()),
+        );
+        p.body_codec = CodecId::STRING;
+        frame(&p)
+    };
+    let n = len - (with_uri(64).len() - 64);
+    let f = with_uri(n);
+    assert_eq!(f.len(), len);
+    f
+}
+
+/// Found by the `session` fuzz target: a pull whose URI nearly fills a
+/// frame. Its reply repeats the URI, so the 404 (or a handler's reply) goes
+/// over the read limit, and so did the 500 that replaces it: the pull got
+/// no reply at all and the peer waited for ever. Now the 500 goes without
+/// the URI.
+#[test]
+fn a_pull_whose_uri_nearly_fills_a_frame_still_gets_a_reply() {
+    use std::sync::Arc;
+    use std::time::Instant;
+    let mut cfg = shared();
+    cfg.config.read_limit = SMALL_LIMIT;
+    let t0 = Instant::now();
+    let mut server: sim::Sess =
+        teleport_core::Session::new(Arc::new(cfg), teleport_core::Role::Acceptor, 1, t0);
+    // Unrouted (the session's own 404), and routed then answered with a
+    // body (the handler's reply).
+    let mut wire = pull_of_len("/nope", 9, SMALL_LIMIT - 8);
+    wire.extend_from_slice(&pull_of_len("/defer", 10, SMALL_LIMIT - 8));
+    server.handle_input(t0, &wire);
+    let mut held = Vec::new();
+    while let Some(ev) = server.poll_event() {
+        match ev {
+            teleport_core::Event::Pull(p) => held.push(p.seq),
+            ev => panic!("unexpected {ev:?}"),
+        }
+    }
+    assert_eq!(held, [Seq(10)]);
+    let big = Packet::default().with_body(CodecId::STRING, "x".repeat(100));
+    let e = server.reply(t0, Seq(10), Ok(big)).unwrap_err();
+    assert_eq!(e.code, Rerror::CODE_INTERNAL);
+    assert_eq!(server.incoming_pulls(), 0);
+
+    let mut out = BytesMut::new();
+    server.poll_transmit(&mut out);
+    let mut peer = FastProto::default().with_limit(SMALL_LIMIT);
+    let mut replies = Vec::new();
+    while let Some(p) = peer.decode(&mut out).unwrap() {
+        assert_eq!(p.ptype, PacketType::REPLY);
+        let e = Rerror::from_meta(&p.meta).expect("an error reply");
+        replies.push((p.seq, e.code, p.uri.len()));
+    }
+    assert!(out.is_empty());
+    assert_eq!(
+        replies,
+        [
+            (Seq(9), Rerror::CODE_INTERNAL, 0),
+            (Seq(10), Rerror::CODE_INTERNAL, 0)
+        ]
+    );
+    assert!(!server.is_closed());
+}

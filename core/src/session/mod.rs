@@ -817,7 +817,10 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
     ///
     /// Fails if no pull with this seq awaits a reply (already answered, or
     /// abandoned by a close). A reply that cannot be encoded (over the size
-    /// limit, say) is replaced by a 500 error reply and reported here.
+    /// limit, say) is replaced by a 500 error reply and reported here; when
+    /// even that does not fit with the pull's URI (a URI near the read
+    /// limit), the 500 goes with an empty URI: every admitted pull gets a
+    /// reply.
     pub fn reply(
         &mut self,
         now: Instant,
@@ -947,10 +950,21 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
                 packet = self.error_reply(seq, uri, xfer, &e);
                 match self.encode(&packet) {
                     Ok(n) => n,
-                    Err(err) => {
-                        return Err(Rerror::write_failed(format!(
-                            "error reply could not be encoded either: {err}"
-                        )))
+                    // The pull's URI alone can nearly fill a frame: then
+                    // no reply that repeats it fits, and the 500 goes
+                    // without it (and without filters, which a bare error
+                    // does not need). The peer matches a reply by its seq,
+                    // so its pull still ends, rather than waiting forever.
+                    Err(_) => {
+                        packet = self.error_reply(seq, Uri::default(), XferPipe::new(), &e);
+                        match self.encode(&packet) {
+                            Ok(n) => n,
+                            Err(err) => {
+                                return Err(Rerror::write_failed(format!(
+                                    "error reply could not be encoded either: {err}"
+                                )))
+                            }
+                        }
                     }
                 }
             }

@@ -4,8 +4,8 @@
 //! resolving with the reason, a push-only client that redials in the
 //! background (its plugins see the new connection), plugins on groups and
 //! routes in their documented order, `after_listen`, set and add on call
-//! meta, call timing for handlers that finish at once, and (feature
-//! `validate`) arguments checked before the handler.
+//! meta, call timing for handlers that finish at once, and arguments checked
+//! before the handler (`Valid`).
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,7 +103,6 @@ impl Plugin for Dials {
     }
 }
 
-#[cfg(feature = "validate")]
 #[derive(serde::Deserialize, garde::Validate)]
 struct SignUp {
     #[garde(length(min = 3, max = 16))]
@@ -172,7 +171,6 @@ fn server_routes(b: &mut PeerBuilder, order: &Order, server_dials: &Dials) {
     b.pull("/api/instant", |_ctx: PullCtx, _: ()| async move {
         Ok::<_, Rerror>(1)
     });
-    #[cfg(feature = "validate")]
     b.pull(
         "/api/sign_up",
         |_ctx: PullCtx, teleport_peer::Valid(s): teleport_peer::Valid<SignUp>| async move {
@@ -297,7 +295,6 @@ pub fn run(server_rt: Rt, client_rt: Rt, name: &str) {
         call_meta(name, &s).await;
         route_plugins(name, &s, &order).await;
         instant_handlers_take_time(name, &s, &dials, &server_dials).await;
-        #[cfg(feature = "validate")]
         validated(name, &s).await;
         broadcast_past_a_stuck_client(name, &s, &addr, &floods).await;
         push_only_client_redials(name, &s, &bg, &bg_dials, &mut bg_notes).await;
@@ -415,7 +412,6 @@ async fn instant_handlers_take_time(name: &str, s: &Session, dials: &Dials, serv
 
 /// An argument breaking its declared rules is a 400 naming the field,
 /// and the handler does not run.
-#[cfg(feature = "validate")]
 async fn validated(name: &str, s: &Session) {
     let ok = guard(
         name,

@@ -27,27 +27,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    // The server relays every /chat/say push to every session as /chat/line.
-    // A handler reaches the other sessions through the peer, which it gets
-    // from a channel once the peer is built.
-    let (peer_tx, peer_rx) = tokio::sync::watch::channel::<Option<Peer>>(None);
+    // The server relays every /chat/say push to every session as
+    // /chat/line: the handler reaches them through its peer. A client
+    // that stops reading is refused (listed in the report), never waited
+    // for.
     let mut b = PeerBuilder::new(PeerConfig::default());
-    b.push("/chat/say", move |ctx: PushCtx, text: String| {
-        let peer = peer_rx.borrow().clone();
-        async move {
-            let line = Line {
-                from: format!("user{}", ctx.session().id()),
-                text,
-            };
-            for s in peer.map(|p| p.sessions()).unwrap_or_default() {
-                if let Err(e) = s.push("/chat/line", &line).await {
-                    eprintln!("push to {} failed: {e}", s.id());
+    b.push("/chat/say", |ctx: PushCtx, text: String| async move {
+        let line = Line {
+            from: format!("user{}", ctx.session().id()),
+            text,
+        };
+        match ctx.peer().broadcast("/chat/line", &line).await {
+            Ok(report) => {
+                for (id, e) in report.failed {
+                    eprintln!("push to {id} failed: {e}");
                 }
             }
+            Err(e) => eprintln!("broadcast failed: {e}"),
         }
     });
     let server = Peer::from_builder(b)?;
-    peer_tx.send_replace(Some(server.clone()));
     let addr = server.spawn_listener().await?.to_string();
 
     // Three clients; each prints what it hears.

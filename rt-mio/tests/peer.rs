@@ -894,3 +894,79 @@ fn graceful_shutdown_with_waiting_handlers_answers_every_accepted_pull() {
     // 200 pulls held by 2 workers: a waiting future holds no thread.
     graceful_shutdown(Held::Awaiting, 2, 4, 50);
 }
+
+/// The blocking handle's share of the session API: set and add on call
+/// meta, a pushed raw body, a name found through the peer, and `closed()`
+/// blocking until the server ends the session, with why.
+#[test]
+fn blocking_session_api() {
+    test_logs();
+    let mut b = PeerBuilder::new(PeerConfig::default());
+    b.pull_sync("/meta", |ctx: PullCtx, _: ()| {
+        let all: Vec<String> = ctx
+            .meta()
+            .get_all(b"k")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        Ok::<_, Rerror>(all.join(","))
+    });
+    b.pull_sync("/whois", |ctx: PullCtx, id: String| {
+        let found = ctx.peer().session_by_id(&id).map(|s| s.id());
+        Ok::<_, Rerror>(found == Some(ctx.session().id()))
+    });
+    b.pull_sync("/name", |ctx: PullCtx, id: String| {
+        ctx.session().set_id(id);
+        Ok::<_, Rerror>(())
+    });
+    let (tx, rx) = mpsc::channel();
+    b.push_sync("/raw", move |_ctx: PushCtx, s: String| {
+        let _ = tx.send(s);
+    });
+    b.pull_sync("/bye", |ctx: PullCtx, _: ()| {
+        ctx.session()
+            .close_by(std::time::Instant::now() + Duration::from_secs(5));
+        Ok::<_, Rerror>("bye")
+    });
+    let server = Peer::from_builder(b).expect("server");
+    let addr = server.spawn_listener().expect("listen");
+    let client = Peer::new(PeerConfig::default()).expect("client");
+    let s = client.dial(&addr.to_string()).expect("dial");
+
+    let r = s
+        .call("/meta")
+        .meta("k", "a")
+        .set_meta("k", "b")
+        .add_meta("k", "c")
+        .pull::<_, String>(&())
+        .expect("meta pull");
+    assert_eq!(r.value, "b,c");
+
+    s.set_id("local-name");
+    assert_eq!(s.custom_id().as_deref(), Some("local-name"));
+    assert!(s
+        .peer()
+        .is_some_and(|p| p.session_by_id("local-name").is_some()));
+    s.pull::<_, ()>("/name", "remote-name").expect("name");
+    assert!(
+        s.pull::<_, bool>("/whois", "remote-name")
+            .expect("whois")
+            .value
+    );
+
+    s.call("/raw")
+        .push_raw(CodecId::STRING, bytes::Bytes::from_static(b"raw body"))
+        .expect("raw push");
+    assert_eq!(recv("the raw push", &rx), "raw body");
+
+    assert!(s.close_reason().is_none());
+    let waiter = s.clone();
+    let closed = std::thread::spawn(move || waiter.closed());
+    assert_eq!(s.pull::<_, String>("/bye", &()).expect("bye").value, "bye");
+    let reason = closed.join().expect("no panic").expect("not on the loop");
+    assert!(
+        matches!(reason, teleport_core::CloseReason::PeerClosed),
+        "{reason:?}"
+    );
+    assert!(s.is_closed());
+    server.shutdown(Duration::from_secs(2));
+}

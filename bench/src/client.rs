@@ -175,8 +175,12 @@ fn measure(a: &Args) -> Measured {
         "socket" => run_async(&tokio_rt(), a, || {
             SocketCaller::connect(addr.clone(), msg.clone())
         }),
-        "tokio" => {
-            let peer = teleport_tokio::Peer::new(systems::peer_config("")).expect("peer");
+        "tokio" | "tokio-tls" => {
+            let mut b = teleport_peer::PeerBuilder::new(systems::peer_config(""));
+            if a.system == "tokio-tls" {
+                b.dial_tls(crate::tls::connector());
+            }
+            let peer = teleport_tokio::Peer::from_builder(b).expect("peer");
             run_async(&tokio_rt(), a, || {
                 let (peer, addr, msg) = (peer.clone(), addr.clone(), pmsg.clone());
                 async move {

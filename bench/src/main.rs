@@ -13,7 +13,8 @@
 //! Systems: `floor` (raw tokio, 4-byte length prefix + protobuf), `socket`
 //! (teleport's framing over tokio: `FastProto` packets with the protobuf
 //! body, no session or router), and teleport peers on `tokio`,
-//! `async-std`, `smol` and `mio`. `bench/run.sh` drives the whole matrix.
+//! `async-std`, `smol` and `mio`; `tokio-tls` is the tokio peer with TLS
+//! 1.3 (rustls, ring) under every session. `bench/run.sh` drives the whole matrix.
 
 #[path = "../../core/benches/support/bench_message.rs"]
 #[allow(dead_code)]
@@ -26,13 +27,22 @@ mod procfs;
 mod server;
 mod summary;
 mod systems;
+mod tls;
 
 use std::time::Duration;
 
 pub use bench_message::BenchmarkMessage;
 
 /// Every system this binary serves and drives, in table order.
-pub const SYSTEMS: [&str; 6] = ["floor", "socket", "tokio", "async-std", "smol", "mio"];
+pub const SYSTEMS: [&str; 7] = [
+    "floor",
+    "socket",
+    "tokio",
+    "tokio-tls",
+    "async-std",
+    "smol",
+    "mio",
+];
 
 /// The route every teleport call goes to.
 pub const ROUTE: &str = "/bench/say";

@@ -34,11 +34,14 @@ pub fn run(a: &Args) {
                 }
             });
         }
-        "tokio" => {
+        "tokio" | "tokio-tls" => {
+            let mut b = systems::async_server(addr);
+            if a.system == "tokio-tls" {
+                b.listen_tls(crate::tls::acceptor());
+            }
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             rt.block_on(async {
-                let peer =
-                    teleport_tokio::Peer::from_builder(systems::async_server(addr)).expect("peer");
+                let peer = teleport_tokio::Peer::from_builder(b).expect("peer");
                 announce(peer.spawn_listener().await.expect("bind"));
                 std::future::pending::<()>().await
             });

@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 use crate::args::Args;
 
 /// Systems in table order; any other comes after them.
-const ORDER: [&str; 8] = [
+const ORDER: [&str; 9] = [
     "floor",
     "socket",
     "tokio",
+    "tokio-tls",
     "async-std",
     "smol",
     "mio",

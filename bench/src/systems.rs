@@ -9,6 +9,8 @@
 //!   into a REPLY. No session, no router (the seed's second table).
 //! - `tokio`, `async-std`, `smol`, `mio`: teleport peers; each call is a
 //!   pull to [`ROUTE`] with the protobuf codec.
+//! - `tokio-tls`: the tokio peers with TLS under each session
+//!   ([`crate::tls`]).
 
 use std::future::Future;
 use std::io;

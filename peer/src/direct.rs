@@ -38,7 +38,9 @@ use crate::session::{Command, DirectPath};
 pub trait ConnWrite: Send + 'static {
     /// Writes what the connection takes now, without waiting and without
     /// registering for a wake-up; `WouldBlock` when it takes nothing (or
-    /// cannot write that way at all: the default).
+    /// cannot write that way at all: the default). What it takes is on its
+    /// way: no [`ConnWrite::poll_flush`] is owed for it (a writer that
+    /// buffers keeps the default).
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let _ = buf;
         Err(io::ErrorKind::WouldBlock.into())
@@ -181,10 +183,9 @@ impl<W: ConnWrite> Live<W> {
             }
             match self.wr.try_write(&self.wbuf) {
                 Ok(0) => self.write_error = Some(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.wbuf.advance(n);
-                    self.unflushed = true;
-                }
+                // No flush owed (see `ConnWrite::try_write`): the owner is
+                // not sent round again for one.
+                Ok(n) => self.wbuf.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => self.write_error = Some(e),

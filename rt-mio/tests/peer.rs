@@ -970,3 +970,84 @@ fn blocking_session_api() {
     assert!(s.is_closed());
     server.shutdown(Duration::from_secs(2));
 }
+
+/// A filter that notes the thread each frame is unfiltered on, and the
+/// frame's size.
+#[derive(Clone, Default)]
+struct WhereDecoded(Arc<Mutex<Vec<(String, usize)>>>);
+
+const WHERE: XferId = XferId(b'w');
+
+impl teleport_core::XferFilter for WhereDecoded {
+    fn id(&self) -> XferId {
+        WHERE
+    }
+
+    fn name(&self) -> &'static str {
+        "where"
+    }
+
+    fn encode(&self, src: &[u8], dst: &mut bytes::BytesMut) -> Result<(), teleport_core::XferError> {
+        dst.extend_from_slice(src);
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        src: &[u8],
+        limit: usize,
+        dst: &mut bytes::BytesMut,
+    ) -> Result<(), teleport_core::XferError> {
+        if src.len() > limit {
+            // The session tries in place up to a budget, then defers.
+            return Err(teleport_core::XferError::OutputOverLimit { id: WHERE, limit });
+        }
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        self.0.lock().unwrap().push((name, src.len()));
+        dst.extend_from_slice(src);
+        Ok(())
+    }
+}
+
+/// With handlers on the poll loop (no workers), a large filtered frame is
+/// still unfiltered off the loop (defect 5c of issue 11: an inflation must
+/// not stall the thread that drives every other session's socket), and the
+/// pull is answered.
+#[test]
+fn large_frames_are_unfiltered_off_the_poll_loop() {
+    test_logs();
+    let seen = WhereDecoded::default();
+    let mut b = PeerBuilder::new(PeerConfig::default());
+    b.xfer_filter(seen.clone());
+    b.pull_sync("/len", |_ctx: PullCtx, s: String| Ok::<_, Rerror>(s.len()));
+    let server = Peer::with_workers(b, 0).expect("server");
+    let addr = server.spawn_listener().expect("listen");
+    let mut b = PeerBuilder::new(PeerConfig::default());
+    b.xfer_filter(WhereDecoded::default());
+    let client = Peer::from_builder(b).expect("client");
+    let s = client.dial(&addr.to_string()).expect("dial");
+    let big = "x".repeat(1 << 20);
+    for body in [big.as_str(), "small"] {
+        let r = s
+            .call("/len")
+            .codec(CodecId::JSON)
+            .xfer(WHERE)
+            .pull::<_, usize>(body)
+            .expect("pull");
+        assert_eq!(r.value, body.len());
+    }
+    let seen = seen.0.lock().unwrap().clone();
+    let big_on: Vec<&str> = seen
+        .iter()
+        .filter(|(_, n)| *n >= 1 << 20)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(big_on, ["teleport-mio-decode"], "{seen:?}");
+    // A small frame is unfiltered where it was read, with no hop.
+    assert!(
+        seen.iter().any(|(t, n)| *n < 100 && t == "teleport-mio-loop"),
+        "{seen:?}"
+    );
+    client.shutdown(Duration::from_secs(5));
+    server.shutdown(Duration::from_secs(5));
+}

@@ -277,7 +277,20 @@ impl FastProto {
     }
 
     fn parse_frame(&mut self, frame: Bytes) -> Result<Packet, ProtoError> {
-        Self::parse_with(&self.xfers, self.limit, &mut self.scratch, frame)
+        let r = Self::parse_with(&self.xfers, self.limit, &mut self.scratch, frame);
+        self.trim_scratch();
+        r
+    }
+
+    /// Lets go of a large scratch buffer. A filter's output is split off
+    /// the scratch buffer and leaves with the packet, but an output cut at
+    /// its limit, or room a filter reserved and did not fill, would stay
+    /// with the session until its next filtered frame: up to the read
+    /// limit per session, for as long as it lives.
+    fn trim_scratch(&mut self) {
+        if self.scratch.capacity() > MAX_EAGER_RESERVE {
+            self.scratch = BytesMut::new();
+        }
     }
 
     /// Parses a whole frame; a filter producing more than `cap` bytes stops
@@ -374,7 +387,9 @@ impl Proto for FastProto {
         // starts again elsewhere (at most `budget` bytes of work thrown
         // away, which is what keeps small gzip frames on the fast path).
         let cap = budget.min(self.limit);
-        match Self::parse_with(&self.xfers, cap, &mut self.scratch, frame.clone()) {
+        let tried = Self::parse_with(&self.xfers, cap, &mut self.scratch, frame.clone());
+        self.trim_scratch();
+        match tried {
             Err(ProtoError::Xfer(XferError::OutputOverLimit { limit, .. })) if limit == cap => {
                 let (xfers, limit) = (self.xfers.clone(), self.limit);
                 Ok(Some(Decoded::Deferred(DecodeJob::new(move || {

@@ -60,7 +60,7 @@ pub const FINAL_FLUSH: Duration = Duration::from_secs(2);
 pub const BUDGET: usize = 256;
 
 /// Frames whose transfer filters produce more than this (a large gzip
-/// body) are decoded on the adapter's blocking pool, not by the
+/// body) are decoded on the peer's decoding threads, not by the
 /// connection's owner (see `SessionConfig::inline_decode_limit`): a
 /// 16 MiB inflation takes tens of milliseconds, which would stall every
 /// other session the owner's thread drives.

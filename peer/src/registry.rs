@@ -79,10 +79,55 @@ impl SessionStart {
     }
 }
 
-/// Runs a closure where blocking is fine: the adapter's blocking pool
-/// (tokio's `spawn_blocking`, `blocking::unblock`). Without one, work that
-/// must not run on a connection's owner runs wherever its future is polled.
-pub type Blocking = Arc<dyn Fn(Box<dyn FnOnce() + Send>) + Send + Sync>;
+/// A frame's decoding, sent to a decoding thread.
+type DecodeWork = Box<dyn FnOnce() + Send>;
+
+/// The peer's decoding threads: large frames are inflated here, never on a
+/// thread that drives sockets or runs handlers, on every runtime. As many
+/// threads as decode slots (one per CPU), started with the first large
+/// frame and ended with the peer. A fixed set, not a runtime's blocking
+/// pool, so the memory the allocator keeps for them (an arena per thread)
+/// is bounded by the slots too, however many bombs arrive.
+struct DecodePool {
+    threads: usize,
+    tx: OnceLock<std::sync::mpsc::Sender<DecodeWork>>,
+}
+
+impl DecodePool {
+    fn new(threads: usize) -> Self {
+        DecodePool {
+            threads,
+            tx: OnceLock::new(),
+        }
+    }
+
+    /// Runs `work` on one of the threads. If none could be started, the
+    /// work is dropped (and whoever waits on it hears so).
+    fn run(&self, work: DecodeWork) {
+        let tx = self.tx.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<DecodeWork>();
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..self.threads {
+                let rx = rx.clone();
+                let started = std::thread::Builder::new()
+                    .name(format!("teleport-decode-{i}"))
+                    .spawn(move || loop {
+                        // The lock is held only to take one job.
+                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match next {
+                            Ok(work) => work(),
+                            Err(_) => return, // the peer is gone
+                        }
+                    });
+                if let Err(e) = started {
+                    tracing::warn!(error = %e, "could not start a decoding thread");
+                }
+            }
+            tx
+        });
+        let _ = tx.send(work);
+    }
+}
 
 struct Entry {
     session: Session,
@@ -119,7 +164,7 @@ pub struct PeerCore {
     /// Frames being decoded away from their connection's owner at once,
     /// across the peer: each may hold up to the read limit.
     decode_slots: Arc<Semaphore>,
-    blocking: OnceLock<Blocking>,
+    decoders: Arc<DecodePool>,
     /// Connections closed by their session that still wait for the peer's
     /// end of input ([`Linger`]).
     lingering: AtomicUsize,
@@ -171,7 +216,7 @@ impl PeerCore {
             shutdown,
             gone: Notify::new(),
             decode_slots: Arc::new(Semaphore::new(decode_slots())),
-            blocking: OnceLock::new(),
+            decoders: Arc::new(DecodePool::new(decode_slots())),
             lingering: AtomicUsize::new(0),
             default_proto,
             tls,
@@ -193,25 +238,17 @@ impl PeerCore {
         &self.tls
     }
 
-    /// Sets where work that must not block a connection's owner runs (see
-    /// [`Blocking`]); once, by the adapter. Later calls are ignored.
-    pub fn set_blocking(&self, blocking: Blocking) {
-        let _ = self.blocking.set(blocking);
-    }
-
     /// The decoding of a deferred frame, as a handler-like future: it
-    /// waits for one of the peer's decode slots, runs the job on the
-    /// blocking pool, and hands the result back as [`Done::Decoded`].
+    /// waits for one of the peer's decode slots, runs the job on one of the
+    /// peer's decoding threads, and hands the result back as
+    /// [`Done::Decoded`].
     pub(crate) fn decode(&self, job: DecodeJob) -> BoxFuture<Done> {
         let slots = self.decode_slots.clone();
-        let blocking = self.blocking.get().cloned();
+        let decoders = self.decoders.clone();
         Box::pin(async move {
             let _slot = slots.acquire_owned().await;
-            let Some(run) = blocking else {
-                return Done::Decoded(job.run());
-            };
             let (tx, rx) = oneshot::channel();
-            run(Box::new(move || {
+            decoders.run(Box::new(move || {
                 let _ = tx.send(job.run());
             }));
             match rx.await {

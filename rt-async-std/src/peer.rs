@@ -89,8 +89,6 @@ impl Peer {
     /// The peer a builder describes.
     pub fn from_builder(builder: PeerBuilder, exec: Executor) -> io::Result<Peer> {
         let core = builder.build()?;
-        // Large inflations run on the blocking pool async-std and smol share.
-        core.set_blocking(Arc::new(|f| blocking::unblock(f).detach()));
         Ok(Peer { core, exec })
     }
 

@@ -81,15 +81,6 @@ impl Peer {
     /// peer would wait forever (such a pull fails with a 500 instead).
     pub fn with_workers(builder: PeerBuilder, workers: usize) -> io::Result<Peer> {
         let core = builder.build()?;
-        // Large inflations never run on the poll loop (nor take a handler
-        // worker): each gets a thread of its own, and the peer's decode
-        // slots (one per CPU) bound how many run at once. A thread that
-        // cannot be started drops the job, and that frame's pull fails.
-        core.set_blocking(Arc::new(|job| {
-            let _ = std::thread::Builder::new()
-                .name("teleport-mio-decode".into())
-                .spawn(job);
-        }));
         let (shared, thread) = EventLoop::start(core.clone(), workers)?;
         Ok(Peer(Arc::new(Inner {
             core,

@@ -987,7 +987,11 @@ impl teleport_core::XferFilter for WhereDecoded {
         "where"
     }
 
-    fn encode(&self, src: &[u8], dst: &mut bytes::BytesMut) -> Result<(), teleport_core::XferError> {
+    fn encode(
+        &self,
+        src: &[u8],
+        dst: &mut bytes::BytesMut,
+    ) -> Result<(), teleport_core::XferError> {
         dst.extend_from_slice(src);
         Ok(())
     }
@@ -1042,10 +1046,14 @@ fn large_frames_are_unfiltered_off_the_poll_loop() {
         .filter(|(_, n)| *n >= 1 << 20)
         .map(|(t, _)| t.as_str())
         .collect();
-    assert_eq!(big_on, ["teleport-mio-decode"], "{seen:?}");
+    assert!(
+        big_on.len() == 1 && big_on[0].starts_with("teleport-decode-"),
+        "{seen:?}"
+    );
     // A small frame is unfiltered where it was read, with no hop.
     assert!(
-        seen.iter().any(|(t, n)| *n < 100 && t == "teleport-mio-loop"),
+        seen.iter()
+            .any(|(t, n)| *n < 100 && t == "teleport-mio-loop"),
         "{seen:?}"
     );
     client.shutdown(Duration::from_secs(5));

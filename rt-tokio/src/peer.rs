@@ -72,12 +72,7 @@ impl Peer {
 
     /// The peer a builder describes.
     pub fn from_builder(builder: PeerBuilder) -> io::Result<Peer> {
-        let core = builder.build()?;
-        // Large inflations run on tokio's blocking pool.
-        core.set_blocking(Arc::new(|f| {
-            tokio::task::spawn_blocking(f);
-        }));
-        Ok(Peer(core))
+        Ok(Peer(builder.build()?))
     }
 
     /// The runtime-independent part (settings, routes, sessions).

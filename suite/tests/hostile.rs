@@ -178,6 +178,7 @@ per_runtime! {
     half_close(Net::Tcp) => half_close_tokio: Tokio, half_close_async_std: AsyncStd, half_close_smol: Smol, half_close_mio: Mio;
     half_close(Net::Unix) => half_close_tokio_unix: Tokio, half_close_async_std_unix: AsyncStd, half_close_smol_unix: Smol, half_close_mio_unix: Mio;
     gzip(Net::Tcp) => gzip_tokio: Tokio, gzip_async_std: AsyncStd, gzip_smol: Smol, gzip_mio: Mio;
+    gzip_inflations(Net::Tcp) => gzip_inflations_tokio: Tokio, gzip_inflations_async_std: AsyncStd, gzip_inflations_smol: Smol, gzip_inflations_mio: Mio;
     unknown_seqs(Net::Tcp) => unknown_seqs_tokio: Tokio, unknown_seqs_async_std: AsyncStd, unknown_seqs_smol: Smol, unknown_seqs_mio: Mio;
     flood(Net::Tcp) => flood_tokio: Tokio, flood_async_std: AsyncStd, flood_smol: Smol, flood_mio: Mio;
     bodies(Net::Tcp) => bodies_tokio: Tokio, bodies_async_std: AsyncStd, bodies_smol: Smol, bodies_mio: Mio;
@@ -538,29 +539,46 @@ fn gzip_frame(seq: u64, layers: usize, body: Bytes) -> Vec<u8> {
     encode(&p)
 }
 
-/// The gzip bombs, made once: a body of 4 × read_limit zeros, gzipped
-/// once and three times over.
-fn bombs() -> &'static (Vec<u8>, Vec<u8>) {
-    static B: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+/// The gzip bombs, made once: bodies of 4 × read_limit zeros and of
+/// zeros just over the limit (read_limit + 1 KiB), each gzipped once and
+/// three times over.
+fn bombs() -> &'static [Vec<u8>; 4] {
+    static B: OnceLock<[Vec<u8>; 4]> = OnceLock::new();
     B.get_or_init(|| {
-        let zeros = Bytes::from(vec![0u8; 4 * READ_LIMIT as usize]);
-        (gzip_frame(1, 1, zeros.clone()), gzip_frame(1, 3, zeros))
+        let big = Bytes::from(vec![0u8; 4 * READ_LIMIT as usize]);
+        let over = Bytes::from(vec![0u8; READ_LIMIT as usize + 1024]);
+        [
+            gzip_frame(1, 1, big.clone()),
+            gzip_frame(1, 3, big),
+            gzip_frame(1, 1, over.clone()),
+            gzip_frame(1, 3, over),
+        ]
     })
 }
 
-/// Gzip: a pull whose payload inflates to 4 × read_limit from a frame of
-/// a few KiB (cut, the filter's over-limit error logged), the same behind
-/// three nested gzip filters (`g,g,g`), eight bombs at once; and a valid
-/// `g,g,g` pull of 100 KiB, which is answered through the same three
-/// filters.
+/// How many frames the server inflates away from its sockets at once
+/// (its decode slots: one per CPU, and the child sees the CPUs we see).
+fn decode_slots() -> u64 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u64)
+}
+
+/// Gzip: forty bombs at once, each on its own connection, while the good
+/// client pulls: payloads that inflate to 4 × read_limit or to just over
+/// it from frames of a few KiB, once or behind three nested gzip filters
+/// (`g,g,g`); each is cut off at the limit (the filter's over-limit error
+/// logged). And a valid `g,g,g` pull of 100 KiB, answered through the
+/// same three filters.
 ///
-/// Bound: each bomb being inflated may hold its frame, one layer's output
-/// up to the limit and the next layer's: 3 × read_limit each, eight at
-/// once: 24 × read_limit + SLACK.
+/// Bound: large inflations run only in the server's decode slots (one per
+/// CPU), each holding its frame, one layer's output up to the limit and
+/// the next layer's (3 × read_limit); the threads that drive sockets try
+/// each frame in place first, within a budget of a quarter of this limit
+/// (input and output: under read_limit for both threads): (3 × slots + 1)
+/// × read_limit + SLACK, whatever the number of bombs.
 fn gzip(rt: Runtime, net: Net) {
     let a = Arena::new("gzip", rt, net, &base_config());
-    let (bomb, nested) = bombs();
-    assert!(bomb.len() < READ_LIMIT as usize / 16 && nested.len() < READ_LIMIT as usize / 16);
+    let bombs = bombs();
+    assert!(bombs.iter().all(|b| b.len() < READ_LIMIT as usize / 16));
 
     let body = Bytes::from(
         noise(100 << 10, 7)
@@ -582,18 +600,78 @@ fn gzip(rt: Runtime, net: Net) {
         a.label
     );
 
-    let conns: Vec<Raw> = (0..8)
+    let conns: Vec<Raw> = (0..40)
         .map(|i| {
             let mut s = a.raw();
-            s.send(if i % 2 == 0 { bomb } else { nested });
+            s.send(&bombs[i % 4]);
             s
         })
         .collect();
     for (i, s) in conns.into_iter().enumerate() {
         expect_cut_off(s, &format!("{}: bomb {i}", a.label));
     }
-    a.logged(&format!("output exceeds limit {READ_LIMIT}"), 8);
-    a.mem(24 * READ_LIMIT + SLACK, "8 bombs x 3 x read_limit + slack");
+    a.logged(&format!("output exceeds limit {READ_LIMIT}"), 40);
+    a.mem(
+        (3 * decode_slots() + 1) * READ_LIMIT + SLACK,
+        "(3 x decode slots + 1) x read_limit + slack",
+    );
+    a.finish();
+}
+
+/// Twenty gzip pulls of a few KiB that each inflate to just under the
+/// read limit (1 MiB − 1 KiB of zeros), to a 20 ms route, ten in flight on
+/// each of two connections, under max_incoming_bytes of 4 MiB: every pull
+/// is answered with its inflated size, and what the server holds is
+/// bounded by the inflated bytes it admits, not by what was sent.
+///
+/// Bound: per session, the pulls admitted (max_incoming_bytes, counted
+/// inflated, plus the last one admitted, up to read_limit) and one frame
+/// being inflated (its input and output, 2 × read_limit): 2 ×
+/// (max_incoming_bytes + 3 × read_limit) + SLACK.
+fn gzip_inflations(rt: Runtime, net: Net) {
+    let config = format!(
+        "{}max_incoming_bytes = {MAX_INCOMING_BYTES}\n",
+        base_config()
+    );
+    let a = Arena::new("gzip inflations", rt, net, &config);
+    let body = Bytes::from(vec![0u8; READ_LIMIT as usize - 1024]);
+    let expect = format!("slept 20 ms, {} bytes", body.len());
+    let peer = teleport_tokio::Peer::new(client_config(net)).expect("client");
+    let addr = a.addr();
+    let results: Vec<Result<Bytes, String>> = rt_block(&a.label, async {
+        let sessions: Vec<_> = futures_util::future::join_all((0..2).map(|_| peer.dial(&addr)))
+            .await
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|e| panic!("{}: dial: {e}", a.label)))
+            .collect();
+        let calls = (0..20).map(|i| {
+            let (s, body) = (&sessions[i % 2], body.clone());
+            async move {
+                s.call("/slow?ms=20")
+                    .xfer(XferId::GZIP)
+                    .pull_raw(CodecId::STRING, body)
+                    .await
+                    .map(|p| p.body)
+                    .map_err(|e| e.to_string())
+            }
+        });
+        let results = futures_util::future::join_all(calls).await;
+        for s in &sessions {
+            s.close().await;
+        }
+        results
+    });
+    for (i, r) in results.iter().enumerate() {
+        assert!(
+            matches!(r, Ok(b) if b == expect.as_bytes()),
+            "{}: pull {i}: {r:?}",
+            a.label
+        );
+    }
+    a.mem(
+        2 * (MAX_INCOMING_BYTES + 3 * READ_LIMIT) + SLACK,
+        "2 sessions x (max_incoming_bytes + 3 x read_limit) + slack",
+    );
     a.finish();
 }
 

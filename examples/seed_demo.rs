@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use teleport::prelude::*;
+use teleport::GraceReport;
 use tracing::{debug, error, info};
 
 // ---------------------------------------------------------------- server.go
@@ -90,11 +91,12 @@ async fn unknown_pull_handle(ctx: UnknownPullCtx) -> Result<Value, Rerror> {
     }))
 }
 
-/// `server.go`'s `main`, up to `peer.Listen()`.
-async fn server() -> Result<(Peer, String), Box<dyn std::error::Error>> {
-    // go tp.GraceSignal(): not built yet; this demo stops by itself.
-    // tp.SetShutdown(time.Second*20, nil, nil): the timeout passed to
-    // Peer::shutdown at the end of main.
+/// `server.go`'s `main`, up to `peer.Listen()`; the server stops when the
+/// process gets SIGTERM or SIGINT (the returned task ends then).
+async fn server(
+) -> Result<(tokio::task::JoinHandle<GraceReport>, String), Box<dyn std::error::Error>> {
+    // tp.SetShutdown(time.Second*20, nil, nil)
+    let signals = Grace::new(Duration::from_secs(20)).listen()?;
     // var peer = tp.NewPeer(tp.PeerConfig{...})
     let cfg = PeerConfig {
         slow_call_threshold: Some(Duration::from_millis(500)), // SlowCometDuration
@@ -114,7 +116,9 @@ async fn server() -> Result<(Peer, String), Box<dyn std::error::Error>> {
     // peer.Listen(), in the background so the client can run here too.
     let addr = peer.spawn_listener().await?;
     info!("server listening on {addr}");
-    Ok((peer, addr.to_string()))
+    // go tp.GraceSignal()
+    let stopped = tokio::spawn(async move { grace_signal(signals, &[&peer]).await });
+    Ok((stopped, addr.to_string()))
 }
 
 // ---------------------------------------------------------------- client.go
@@ -208,8 +212,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let (server, addr) = server().await?;
     let client = client(&addr).await?;
-    // defer peer.Close(); tp.SetShutdown(time.Second*20, ...)
+    // defer peer.Close()
     client.shutdown(Duration::from_secs(20)).await;
-    server.shutdown(Duration::from_secs(20)).await;
+    // What an operator's `kill <pid>` (or Ctrl-C) does to server.go: its
+    // GraceSignal shuts the peer down gracefully.
+    signal_hook::low_level::raise(signal_hook::consts::SIGTERM)?;
+    let report = server.await?;
+    info!(
+        "server stopped on {:?} in {:?}: {:?}",
+        report.signal, report.elapsed, report.peers
+    );
     Ok(())
 }

@@ -221,6 +221,31 @@
 //! close is dropped: it reaches the other side, and the other side hands it
 //! to its callers before it reports the session closed.
 //!
+//! To stop on SIGINT or SIGTERM, as the seed's `GraceSignal` and
+//! `SetShutdown(timeout, firstSweep, beforeExiting)` do: describe the stop
+//! with [`Grace`], install its handlers with [`Grace::listen`], and wait in
+//! [`grace_signal`] (each runtime module has its own), which runs the
+//! first sweep, every peer's shutdown and the last hook, then returns a
+//! [`GraceReport`] (it does not end the process: `main` returns). A second
+//! signal during the stop ends the process at once.
+//!
+//! ```no_run
+//! # #[cfg(all(unix, feature = "tokio"))]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use teleport::prelude::*;
+//!
+//! let peer = Peer::new(PeerConfig::default())?;
+//! let signals = Grace::new(Duration::from_secs(20))
+//!     .first_sweep(|| Ok(())) // e.g. leave the service registry
+//!     .before_exiting(|| Ok(()))
+//!     .listen()?;
+//! peer.spawn_listener().await?;
+//! let report = grace_signal(signals, &[&peer]).await;
+//! println!("{:?}: {:?}", report.signal, report.peers);
+//! # Ok(()) }
+//! ```
+//!
 //! # TLS (feature `tls`)
 //!
 //! rustls with the ring provider. Set `listen_tls` and `dial_tls` in the
@@ -246,7 +271,7 @@
 //! | `peer.Dial(addr)` | [`Peer::dial`] (`dial_with` for a proto or TLS of its own) |
 //! | `peer.ServeConn(conn)` | [`Peer::serve_conn`] |
 //! | `peer.Close()` | [`Peer::shutdown`] |
-//! | `tp.SetShutdown(timeout, ..)` | the timeout given to [`Peer::shutdown`] |
+//! | `tp.SetShutdown(timeout, firstSweep, beforeExiting)` | [`Grace::new`]`(timeout).first_sweep(f).before_exiting(g)`; the timeout alone: [`Peer::shutdown`]`(timeout)` |
 //! | `peer.RangeSession`, `GetSession` | [`Peer::sessions`], [`Peer::session`]; in a handler [`PeerRef::sessions`], [`PeerRef::session_by_id`] |
 //! | `peer.PullRouter.Reg(new(Home))` | [`PeerBuilder::controller_named`]`("home", Home).pull("test", Home::test)` |
 //! | `peer.PullRouter.RegFunc(f)` | [`PeerBuilder::pull`]`("/f", f)` |
@@ -267,8 +292,29 @@
 //! | `tp.NewRerror(code, msg, reason)` | [`Rerror::new`]`(code, msg).with_detail(reason)` |
 //! | `tp.Plugin` and its `PostDial`, `PreReadHeader`, ... hooks | [`Plugin`] (`after_dial`, `after_read_header`, ...) |
 //! | `tp.Infof`, `tp.Debugf` | `tracing::info!`, `tracing::debug!` |
-//! | `tp.GraceSignal()` | not yet: stop on a signal and call [`Peer::shutdown`] |
-//! | `protoFunc` (a custom proto) | [`MakeProto`], [`PeerBuilder::proto`] |
+//! | `tp.GraceSignal()` | [`Grace::listen`] then [`grace_signal`]`(signals, &[&peer])` (SIGINT, SIGTERM); the seed's restart on a signal: not yet |
+//! | `protoFunc` (a custom proto), `tp.SetDefaultProtoFunc(f)` | [`MakeProto`], [`PeerBuilder::proto`] for the peer's default |
+//! | `peer.Listen(protoFunc)`, `peer.Dial(addr, protoFunc)`, `peer.ServeConn(conn, protoFunc)` | `.proto(..)` of [`ListenOptions`], [`DialOptions`], [`ServeOptions`], given to `spawn_listener_with`, `dial_with`, `serve_conn` |
+//! | `peer.DialContext(ctx, addr)` | [`Peer::dial`] under your own timeout or cancellation (drop the future); `dial_timeout` in [`PeerConfig`] |
+//! | `tp.Proto` (`Version`, `Pack`, `Unpack`) | [`Proto`] (`id`, `encode`, `decode`) |
+//! | `tp.Packet`, its `Seq`, `Ptype`, `Uri`, `Meta`, `BodyCodec`, `XferPipe`, `Body` | [`Packet`] and its fields `seq`, `ptype`, `uri`, `meta`, `body_codec`, `xfer`, `body` |
+//! | `codec.Codec`, `codec.Reg(c)` | [`Codec`], [`PeerBuilder::codec`] |
+//! | `xfer.XferFilter` (`Id`, `OnPack`, `OnUnpack`), `xfer.Reg(f)` | [`XferFilter`] (`id`, `encode`, `decode`), [`PeerBuilder::xfer_filter`] |
+//! | `xfer.XferPipe` | [`XferPipe`] |
+//! | `tp.SetReadLimit(n)` | `read_limit` in [`PeerConfig`] (16 MiB by default; Go's is 4 GiB) |
+//! | `PeerConfig.PrintBody`, `CountTime`, `Network` | `print_body`, `count_time`, `network` ([`Network`]: `tcp`, `tcp4`, `tcp6`, `unix`, `unixpacket`) |
+//! | `tp.PushCtx` | the [`PushCtx`] argument of a push handler |
+//! | `tp.UnknownPullCtx`, `UnknownPushCtx`, `SetUnknownPull`/`SetUnknownPush` handlers | [`UnknownPullCtx`], [`UnknownPushCtx`], given to [`PeerBuilder::unknown_pull`], [`PeerBuilder::unknown_push`] |
+//! | `Router.Reg(ctrl, plugin)`, `RegFunc(f, plugin)` (a route's own plugin) | [`PeerBuilder::route_plugin`], [`Controller::plugin`] |
+//! | a controller method `XxZz` serving `/xx_zz` | the method name you give: `.pull("xx_zz", Ctrl::xx_zz)`; [`PeerBuilder::controller`] names the prefix from the type, [`PeerBuilder::controller_named`] from a string |
+//! | `tp.ReadCtx` in a plugin, `ctx.Input().Header.Uri` | [`PluginCtx`] and the `&mut Packet` each hook gets (`p.uri.path_str()`, `p.uri.set_path(..)`) |
+//! | `PostReadPullHeader`, `PostReadReplyHeader`, ... | [`Plugin::after_read_header`] (one hook; `p.ptype` says which), `after_read_body`, `before_write_pull`, ... |
+//! | `pullcmd.Rerror()`, `pullcmd.Reply()` | the `Err` / `Ok(`[`Reply`]`)` of `.pull(..).await` |
+//! | `meta.VisitAll(f)`, `meta.String()` | [`Meta::iter`], `meta.to_string()` (URL-query form) |
+//! | `tp.Errorf`, `tp.Warnf`, `tp.Fatalf` | `tracing::error!`, `tracing::warn!`; a fatal error is the caller's to return from `main` |
+//! | the `binder` plugin (`param:"<range: 1:9>"` tags) | [`Valid`]`<T>` with garde's derive (feature `validate`) |
+//! | the `heartbeat` plugin | [`plugin::Heartbeat`] |
+//! | the alias plugin (`AliasPlugin`) | `examples/alias.rs`: a peer-wide plugin rewriting the URI in `after_read_header` |
 //!
 //! # Modules
 //!
@@ -284,10 +330,10 @@
 
 pub use teleport_core::bytes::{Bytes, BytesMut};
 pub use teleport_core::{
-    AnyProto, CloseReason, Codec, CodecError, CodecId, CodecRegistry, DecodeBody, EncodeBody,
-    FastProto, Gzip, JsonCodec, MakeProto, Meta, Packet, PacketType, Proto, ProtoError, Protobuf,
-    ProtobufCodec, Rerror, RouteKind, Seq, SessionStats, StringCodec, Uri, XferError, XferFilter,
-    XferId, XferPipe, XferRegistry,
+    CloseReason, Codec, CodecError, CodecId, CodecRegistry, DecodeBody, EncodeBody, Gzip,
+    JsonCodec, MakeProto, Meta, Packet, PacketType, Proto, ProtoError, Protobuf, ProtobufCodec,
+    Rerror, RouteKind, Seq, SessionStats, StringCodec, Uri, XferError, XferFilter, XferId,
+    XferPipe, XferRegistry,
 };
 pub use teleport_peer::{
     Answer, BoxFuture, Broadcast, ConfigError, Controller, DialError, DialOptions, Group,
@@ -295,6 +341,8 @@ pub use teleport_peer::{
     PullCtx, PushCtx, Reply, ServeOptions, ShutdownReport, TlsDialSettings, TlsListenSettings,
     UnknownPullCtx, UnknownPushCtx,
 };
+#[cfg(unix)]
+pub use teleport_peer::{Grace, GraceReport, GraceSignal, Signal};
 
 pub use plugin::{Plugin, PluginCtx, Plugins};
 
@@ -338,6 +386,8 @@ pub mod runtime {
     #[cfg(feature = "tokio")]
     pub mod tokio {
         pub use teleport_peer::{Call, Session};
+        #[cfg(unix)]
+        pub use teleport_tokio::grace_signal;
         pub use teleport_tokio::{transport, Peer};
     }
 
@@ -346,6 +396,8 @@ pub mod runtime {
     #[cfg(feature = "async-std")]
     pub mod async_std {
         pub use teleport_async_std::async_std::Peer;
+        #[cfg(unix)]
+        pub use teleport_async_std::grace_signal;
         pub use teleport_async_std::{transport, Executor, Spawn};
         pub use teleport_peer::{Call, Session};
     }
@@ -354,6 +406,8 @@ pub mod runtime {
     /// with tasks on smol's global executor.
     #[cfg(feature = "smol")]
     pub mod smol {
+        #[cfg(unix)]
+        pub use teleport_async_std::grace_signal;
         pub use teleport_async_std::smol::Peer;
         pub use teleport_async_std::{transport, Executor, Spawn};
         pub use teleport_peer::{Call, Session};
@@ -364,6 +418,8 @@ pub mod runtime {
     /// worker pool.
     #[cfg(feature = "mio")]
     pub mod mio {
+        #[cfg(unix)]
+        pub use teleport_mio::grace_signal;
         pub use teleport_mio::{
             default_workers, Call, MioStream, Peer, Session, SyncController, SyncGroup,
             SyncHandlers,
@@ -371,15 +427,32 @@ pub mod runtime {
     }
 }
 
+#[cfg(all(unix, feature = "tokio"))]
+pub use runtime::tokio::grace_signal;
 #[cfg(feature = "tokio")]
 pub use runtime::tokio::{Call, Peer, Session};
 
+#[cfg(all(unix, all(not(feature = "tokio"), feature = "async-std")))]
+pub use runtime::async_std::grace_signal;
 #[cfg(all(not(feature = "tokio"), feature = "async-std"))]
 pub use runtime::async_std::{Call, Peer, Session};
 
+#[cfg(all(
+    unix,
+    all(not(feature = "tokio"), not(feature = "async-std"), feature = "smol")
+))]
+pub use runtime::smol::grace_signal;
 #[cfg(all(not(feature = "tokio"), not(feature = "async-std"), feature = "smol"))]
 pub use runtime::smol::{Call, Peer, Session};
 
+#[cfg(all(
+    unix,
+    not(feature = "tokio"),
+    not(feature = "async-std"),
+    not(feature = "smol"),
+    feature = "mio"
+))]
+pub use runtime::mio::grace_signal;
 #[cfg(all(
     not(feature = "tokio"),
     not(feature = "async-std"),
@@ -393,6 +466,16 @@ pub use runtime::mio::{Call, Peer, Session};
 /// meta, plugins. Nothing in it is named like a crate, so it sits beside
 /// `#[tokio::main]` or `smol::block_on` without ambiguity.
 pub mod prelude {
+    #[cfg(all(
+        unix,
+        any(
+            feature = "tokio",
+            feature = "async-std",
+            feature = "smol",
+            feature = "mio"
+        )
+    ))]
+    pub use crate::{grace_signal, Grace};
     pub use crate::{
         Answer, CloseReason, CodecId, Controller, DialOptions, Group, ListenOptions, Meta, Network,
         PeerAddr, PeerBuilder, PeerConfig, PeerRef, Plugin, PluginCtx, Protobuf, PullCtx, PushCtx,

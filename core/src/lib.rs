@@ -15,6 +15,7 @@
 
 mod codec;
 mod error;
+#[doc(hidden)]
 pub mod fuzzing;
 mod meta;
 mod packet;

@@ -10,6 +10,7 @@
 //! - [`Session`], [`Call`], [`Reply`]: the handle user code pulls and
 //!   pushes through; [`PeerRef`]: the peer as handlers see it.
 //! - [`DialOptions`], [`ListenOptions`], [`ServeOptions`], [`DialError`].
+//! - [`Grace`], [`GraceSignal`]: stopping on SIGINT or SIGTERM, with hooks.
 //!
 //! The machinery adapters are built from (the connection driver, the
 //! session registry, the shared connection, socket helpers) is in
@@ -21,6 +22,8 @@ mod builder;
 mod config;
 pub mod direct;
 mod driver;
+#[cfg(unix)]
+pub mod grace;
 mod handler;
 pub mod net;
 mod options;
@@ -35,6 +38,8 @@ mod valid;
 pub use addr::PeerAddr;
 pub use builder::{Controller, Group, PeerBuilder};
 pub use config::{ConfigError, Network, PeerConfig, TlsDialSettings, TlsListenSettings};
+#[cfg(unix)]
+pub use grace::{Grace, GraceReport, GraceSignal, Signal};
 pub use handler::{Answer, BoxFuture, IntoReply, PullCtx, PushCtx, UnknownPullCtx, UnknownPushCtx};
 pub use options::{DialError, DialOptions, ListenOptions, ServeOptions};
 pub use peer_ref::{Broadcast, PeerRef};

@@ -120,7 +120,7 @@ impl DecodePool {
                         }
                     });
                 if let Err(e) = started {
-                    tracing::warn!(error = %e, "could not start a decoding thread");
+                    tracing::warn!(target: "teleport::peer", error = %e, "could not start a decoding thread");
                 }
             }
             tx

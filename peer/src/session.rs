@@ -187,7 +187,9 @@ impl Session {
         &self.0.local
     }
 
-    /// Routes, plugins, codecs and settings of this session's peer.
+    /// Routes, plugins, codecs and settings of this session's peer (for
+    /// adapters: not part of the API).
+    #[doc(hidden)]
     pub fn shared(&self) -> &Arc<Shared<Handler>> {
         &self.0.shared
     }

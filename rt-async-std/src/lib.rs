@@ -62,12 +62,16 @@ mod peer;
 pub mod transport;
 
 pub use executor::{Executor, Spawn};
+#[cfg(unix)]
+pub use peer::grace_signal;
 pub use peer::Peer;
 pub use teleport_peer::{
     Answer, BoxFuture, Broadcast, Call, Controller, DialError, DialOptions, Group, IntoReply,
     ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerRef, PullCtx, PushCtx, Reply,
     ServeOptions, Session, ShutdownReport, UnknownPullCtx, UnknownPushCtx,
 };
+#[cfg(unix)]
+pub use teleport_peer::{Grace, GraceReport, GraceSignal, Signal};
 
 pub use teleport_core as core;
 
@@ -81,6 +85,8 @@ macro_rules! preset {
             ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PullCtx, PushCtx, Answer,
             Reply, ServeOptions, Session, ShutdownReport, Spawn, UnknownPullCtx, UnknownPushCtx, PeerRef, Broadcast,
         };
+        #[cfg(unix)]
+        pub use crate::{grace_signal, Grace, GraceReport, GraceSignal, Signal};
 
         #[doc = concat!("A [`Peer`](crate::Peer) whose tasks run on ", $runtime, "'s global")]
         /// executor; everything else is the peer's (it dereferences to it).
@@ -122,6 +128,12 @@ macro_rules! preset {
         impl std::ops::Deref for Peer {
             type Target = crate::Peer;
             fn deref(&self) -> &crate::Peer {
+                &self.0
+            }
+        }
+
+        impl AsRef<crate::Peer> for Peer {
+            fn as_ref(&self) -> &crate::Peer {
                 &self.0
             }
         }

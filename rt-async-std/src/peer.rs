@@ -461,3 +461,27 @@ impl Peer {
         report
     }
 }
+
+impl AsRef<Peer> for Peer {
+    fn as_ref(&self) -> &Peer {
+        self
+    }
+}
+
+/// The seed's `GraceSignal`: waits for SIGINT or SIGTERM (handled from
+/// [`Grace::listen`](teleport_peer::Grace::listen) on), then runs the
+/// first sweep, shuts every one of `peers` down gracefully at once with
+/// the [`Grace`](teleport_peer::Grace)'s timeout, and runs the last hook.
+/// Returns what happened; the caller's `main` returns after it. On any
+/// executor.
+#[cfg(unix)]
+pub async fn grace_signal<P: AsRef<Peer>>(
+    signals: teleport_peer::GraceSignal,
+    peers: &[P],
+) -> teleport_peer::GraceReport {
+    signals
+        .run(|timeout| {
+            futures_util::future::join_all(peers.iter().map(|p| p.as_ref().shutdown(timeout)))
+        })
+        .await
+}

@@ -66,6 +66,8 @@ mod sync;
 mod tls;
 
 pub use net::MioStream;
+#[cfg(unix)]
+pub use peer::grace_signal;
 pub use peer::{default_workers, Peer};
 pub use session::{Call, Session};
 pub use sync::{SyncController, SyncGroup, SyncHandlers};
@@ -74,6 +76,8 @@ pub use teleport_peer::{
     ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerRef, PullCtx, PushCtx, Reply,
     ServeOptions, ShutdownReport, UnknownPullCtx, UnknownPushCtx,
 };
+#[cfg(unix)]
+pub use teleport_peer::{Grace, GraceReport, GraceSignal, Signal};
 
 pub use teleport_core as core;
 

@@ -257,3 +257,24 @@ impl Peer {
         report
     }
 }
+
+impl AsRef<Peer> for Peer {
+    fn as_ref(&self) -> &Peer {
+        self
+    }
+}
+
+/// The seed's `GraceSignal`, blocking this thread: waits for SIGINT or
+/// SIGTERM (handled from [`Grace::listen`](teleport_peer::Grace::listen)
+/// on), then runs the first sweep, shuts every one of `peers` down
+/// gracefully (one after the other, each with the
+/// [`Grace`](teleport_peer::Grace)'s timeout), and runs the last hook.
+/// Returns what happened; the caller's `main` returns after it. Not to be
+/// called from a handler.
+#[cfg(unix)]
+pub fn grace_signal<P: AsRef<Peer>>(
+    signals: teleport_peer::GraceSignal,
+    peers: &[P],
+) -> teleport_peer::GraceReport {
+    signals.run_blocking(|timeout| peers.iter().map(|p| p.as_ref().shutdown(timeout)).collect())
+}

@@ -44,11 +44,15 @@ mod net;
 mod peer;
 pub mod transport;
 
+#[cfg(unix)]
+pub use peer::grace_signal;
 pub use peer::Peer;
 pub use teleport_peer::{
     Answer, BoxFuture, Broadcast, Call, Controller, DialError, DialOptions, Group, IntoReply,
     ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerRef, PullCtx, PushCtx, Reply,
     ServeOptions, Session, ShutdownReport, UnknownPullCtx, UnknownPushCtx,
 };
+#[cfg(unix)]
+pub use teleport_peer::{Grace, GraceReport, GraceSignal, Signal};
 
 pub use teleport_core as core;

@@ -411,3 +411,41 @@ impl Peer {
         report
     }
 }
+
+impl AsRef<Peer> for Peer {
+    fn as_ref(&self) -> &Peer {
+        self
+    }
+}
+
+/// The seed's `GraceSignal`: waits for SIGINT or SIGTERM (handled from
+/// [`Grace::listen`](teleport_peer::Grace::listen) on), then runs the
+/// first sweep, shuts every one of `peers` down gracefully at once with
+/// the [`Grace`](teleport_peer::Grace)'s timeout, and runs the last hook.
+/// Returns what happened; the caller's `main` returns after it.
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use std::time::Duration;
+/// use teleport_tokio::{grace_signal, Grace, Peer, PeerConfig};
+///
+/// let peer = Peer::new(PeerConfig::default())?;
+/// let signals = Grace::new(Duration::from_secs(20))
+///     .before_exiting(|| Ok(()))
+///     .listen()?;
+/// peer.spawn_listener().await?;
+/// let report = grace_signal(signals, &[&peer]).await;
+/// println!("stopped on {:?}: {:?}", report.signal, report.peers);
+/// # Ok(()) }
+/// ```
+#[cfg(unix)]
+pub async fn grace_signal<P: AsRef<Peer>>(
+    signals: teleport_peer::GraceSignal,
+    peers: &[P],
+) -> teleport_peer::GraceReport {
+    signals
+        .run(|timeout| {
+            futures_util::future::join_all(peers.iter().map(|p| p.as_ref().shutdown(timeout)))
+        })
+        .await
+}

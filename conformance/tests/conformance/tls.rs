@@ -58,6 +58,7 @@ pub fn run(server_rt: Rt, client_rt: Rt, pair: &str) {
     }
     refusals(client_rt, name, &server, &good, &ca);
     mutual(client_rt, name, &server, &leaf, &ca);
+    from_files(server_rt, client_rt, pair, &ca, &leaf);
 
     join(silent).unwrap_or_else(|e| {
         panic!("{name}: a handshake that never completed was not dropped: {e}")
@@ -291,4 +292,102 @@ fn mutual(client_rt: Rt, name: &str, server: &Server, leaf: &Leaf, ca: &Ca) {
         .unwrap_or_else(|e| panic!("{name}: dial again with the right certificate: {e}"));
     pull(name, &client, &s, "mutual again");
     client.shutdown();
+}
+
+/// TLS from PEM files named in `PeerConfig` (what a deployment writes in
+/// its TOML): a server with its chain, key and a client CA (mutual TLS), a
+/// client with its CA bundle, chain, key and a server name; and the same
+/// client with a server name the certificate does not carry, or without
+/// its certificate, refused.
+fn from_files(server_rt: Rt, client_rt: Rt, pair: &str, ca: &Ca, leaf: &Leaf) {
+    let name = &format!("{pair} (tls from files)");
+    let dir = std::env::temp_dir().join(format!(
+        "teleport-conf-tls-{}-{}",
+        std::process::id(),
+        pair.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+    ));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{name}: {dir:?}: {e}"));
+    let clients = Ca::new("file client CA");
+    let me = clients.leaf(&["client.test"]);
+    let file = |f: &str, pem: &str| {
+        let path = dir.join(f);
+        std::fs::write(&path, pem).unwrap_or_else(|e| panic!("{name}: {path:?}: {e}"));
+        // TOML strings: backslashes would need escaping; temp paths have none.
+        path.display().to_string()
+    };
+    let (cert, key) = (
+        file("server.pem", &leaf.cert),
+        file("server.key", &leaf.key),
+    );
+    let (client_ca, ca_pem) = (
+        file("clients-ca.pem", &clients.pem),
+        file("ca.pem", &ca.pem),
+    );
+    let (my_cert, my_key) = (file("client.pem", &me.cert), file("client.key", &me.key));
+
+    let server_toml = format!(
+        "listen_address = \"127.0.0.1:0\"\n[listen_tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{client_ca}\"\n"
+    );
+    let cfg: PeerConfig =
+        toml::from_str(&server_toml).unwrap_or_else(|e| panic!("{name}: {server_toml}: {e}"));
+    let mut b = PeerBuilder::new(cfg);
+    let (tx, _notes) = mpsc::unbounded_channel();
+    routes(&mut b, tx);
+    let server = server_rt
+        .serve(b)
+        .unwrap_or_else(|e| panic!("{name}: server from files: {e}"));
+    let addr = server.addr().dial_string();
+
+    let client_with = |extra: &str| {
+        let toml = format!("[dial_tls]\nca = \"{ca_pem}\"\n{extra}");
+        let cfg: PeerConfig =
+            toml::from_str(&toml).unwrap_or_else(|e| panic!("{name}: {toml}: {e}"));
+        client_rt.client(PeerBuilder::new(cfg))
+    };
+    let mine = format!("cert = \"{my_cert}\"\nkey = \"{my_key}\"\n");
+    // The config's TLS is every dial's unless a dial says otherwise.
+    let client = client_with(&format!("{mine}server_name = \"localhost\"\n"));
+    let s = client
+        .dial_with(&addr, DialOptions::default())
+        .unwrap_or_else(|e| panic!("{name}: dial with the files' TLS: {e}"));
+    pull(name, &client, &s, "from files");
+    client.shutdown();
+
+    let client = client_with(&format!("{mine}server_name = \"wrong.test\"\n"));
+    match tls_error(
+        name,
+        "a server name the certificate lacks",
+        client.dial_with(&addr, DialOptions::default()),
+    ) {
+        TlsError::WrongName { name: n } => assert_eq!(n, "wrong.test", "{name}"),
+        e => panic!("{name}: a server name the certificate lacks: {e:?}"),
+    }
+    client.shutdown();
+
+    // Without this side's certificate: refused at the dial or at the first
+    // pull (TLS 1.3 ends the client's handshake first).
+    let client = client_with("");
+    match client.dial_with(&addr, DialOptions::default()) {
+        Err(DialError::Tls { .. }) => {}
+        Err(e) => panic!("{name}: no client certificate: not a TLS error: {e:?}"),
+        Ok(s) => {
+            let r = client.block_on(guard(name, s.pull::<_, String>("/echo", "let me in")));
+            let e = r.expect_err("a client without a certificate was served");
+            assert_eq!(e.code, Rerror::CODE_CONN_CLOSED, "{name}: {e}");
+        }
+    }
+    client.shutdown();
+
+    // A file that is not there is an error that names it.
+    let missing = dir.join("missing.pem").display().to_string();
+    let toml = format!("[dial_tls]\nca = \"{missing}\"\n");
+    let cfg: PeerConfig = toml::from_str(&toml).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let e = PeerBuilder::new(cfg)
+        .build()
+        .expect_err("a missing CA file was accepted");
+    assert!(e.to_string().contains("missing.pem"), "{name}: {e}");
+
+    let report = server.shutdown(Duration::from_secs(5));
+    assert_eq!(report.cancelled, 0, "{name}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

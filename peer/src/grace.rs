@@ -1,0 +1,271 @@
+//! Stopping on a signal: the seed's `GraceSignal` and `SetShutdown`.
+//!
+//! [`Grace`] says how a graceful stop goes (the seed's
+//! `SetShutdown(timeout, firstSweep, beforeExiting)`);
+//! [`Grace::listen`] installs the signal handlers and gives a
+//! [`GraceSignal`], which waits for SIGINT or SIGTERM and then runs the
+//! stop: the first sweep, every peer's graceful shutdown (each adapter's
+//! `grace_signal` function passes its peers in), the last hook. It returns
+//! what happened ([`GraceReport`]) instead of ending the process: `main`
+//! returns, with the exit code it picks.
+//!
+//! From [`Grace::listen`] on, a first SIGINT or SIGTERM no longer ends the
+//! process at once; a second one, while the stop is under way, does (exit
+//! status 1), as an operator pressing Ctrl-C twice expects. When the
+//! [`GraceSignal`] is dropped its handlers are removed.
+//!
+//! A graceful restart on SIGHUP or SIGUSR2 (the seed's reboot) is not
+//! built yet.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::{Handle, Signals};
+use signal_hook::SigId;
+use tokio::sync::oneshot;
+
+use crate::registry::ShutdownReport;
+
+/// What a hook may fail with.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A hook run once during the stop.
+type Hook = Box<dyn FnOnce() -> Result<(), HookError> + Send>;
+
+/// How a graceful stop goes: the seed's `SetShutdown(timeout, firstSweep,
+/// beforeExiting)`.
+pub struct Grace {
+    timeout: Duration,
+    first_sweep: Option<Hook>,
+    before_exiting: Option<Hook>,
+}
+
+impl fmt::Debug for Grace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Grace")
+            .field("timeout", &self.timeout)
+            .field("first_sweep", &self.first_sweep.is_some())
+            .field("before_exiting", &self.before_exiting.is_some())
+            .finish()
+    }
+}
+
+impl Grace {
+    /// A stop in which every peer's shutdown gets `timeout` (as each
+    /// adapter's `Peer::shutdown` takes it) and no hooks run.
+    pub fn new(timeout: Duration) -> Grace {
+        Grace {
+            timeout,
+            first_sweep: None,
+            before_exiting: None,
+        }
+    }
+
+    /// Runs `f` first, before any peer stops (the seed's `firstSweep`):
+    /// take the service out of a registry, say, so no new caller comes.
+    /// Its error is reported and the stop goes on.
+    pub fn first_sweep(
+        mut self,
+        f: impl FnOnce() -> Result<(), HookError> + Send + 'static,
+    ) -> Grace {
+        self.first_sweep = Some(Box::new(f));
+        self
+    }
+
+    /// Runs `f` last, once every peer has stopped (the seed's
+    /// `beforeExiting`): flush a log, close a database. Its error is
+    /// reported.
+    pub fn before_exiting(
+        mut self,
+        f: impl FnOnce() -> Result<(), HookError> + Send + 'static,
+    ) -> Grace {
+        self.before_exiting = Some(Box::new(f));
+        self
+    }
+
+    /// What each peer's shutdown gets.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Installs the handlers of SIGINT and SIGTERM now, before anything
+    /// waits on them (a signal that comes in between is kept, not lost).
+    pub fn listen(self) -> io::Result<GraceSignal> {
+        GraceSignal::install(self)
+    }
+}
+
+/// The signal that started a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM (what `kill`, systemd and container runtimes send).
+    Terminate,
+}
+
+/// What a stop did, in order.
+#[derive(Debug)]
+pub struct GraceReport {
+    /// The signal that started it.
+    pub signal: Signal,
+    /// The first sweep's result (`Ok` when there was none).
+    pub first_sweep: Result<(), HookError>,
+    /// Each peer's shutdown report, in the order the peers were given.
+    pub peers: Vec<ShutdownReport>,
+    /// The last hook's result (`Ok` when there was none).
+    pub before_exiting: Result<(), HookError>,
+    /// How long the stop took, from the signal's arrival.
+    pub elapsed: Duration,
+}
+
+/// Handlers of SIGINT and SIGTERM, waiting for the first of them to stop
+/// the process's peers as its [`Grace`] says (the seed's `GraceSignal`).
+/// Made by [`Grace::listen`]; used by each adapter's `grace_signal`.
+pub struct GraceSignal {
+    grace: Grace,
+    got: oneshot::Receiver<Signal>,
+    handle: Handle,
+    flags: Vec<SigId>,
+}
+
+impl fmt::Debug for GraceSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraceSignal")
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraceSignal {
+    fn install(grace: Grace) -> io::Result<GraceSignal> {
+        // A second signal while the first one's stop runs ends the process:
+        // the exit is registered before the flag it tests is set, so the
+        // first signal only sets it.
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut flags = Vec::with_capacity(4);
+        for sig in [SIGINT, SIGTERM] {
+            flags.push(signal_hook::flag::register_conditional_shutdown(
+                sig,
+                1,
+                stopping.clone(),
+            )?);
+            flags.push(signal_hook::flag::register(sig, stopping.clone())?);
+        }
+        let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+            Ok(s) => s,
+            Err(e) => {
+                for id in flags {
+                    signal_hook::low_level::unregister(id);
+                }
+                return Err(e);
+            }
+        };
+        let handle = signals.handle();
+        let (tx, got) = oneshot::channel();
+        let waiter = std::thread::Builder::new()
+            .name("teleport-signals".into())
+            .spawn(move || {
+                // Ends without a signal when the handle is closed.
+                if let Some(sig) = signals.forever().next() {
+                    let _ = tx.send(if sig == SIGINT {
+                        Signal::Interrupt
+                    } else {
+                        Signal::Terminate
+                    });
+                }
+            });
+        if let Err(e) = waiter {
+            handle.close();
+            for id in flags {
+                signal_hook::low_level::unregister(id);
+            }
+            return Err(e);
+        }
+        Ok(GraceSignal {
+            grace,
+            got,
+            handle,
+            flags,
+        })
+    }
+
+    /// Waits for the signal (on any runtime), then stops: the first
+    /// sweep, `stop` (given the timeout; an adapter shuts its peers down
+    /// there), the last hook.
+    pub async fn run<F, Fut>(mut self, stop: F) -> GraceReport
+    where
+        F: FnOnce(Duration) -> Fut,
+        Fut: std::future::Future<Output = Vec<ShutdownReport>>,
+    {
+        let signal = (&mut self.got).await.unwrap_or(Signal::Terminate);
+        let (since, first_sweep) = self.begin(signal);
+        let peers = stop(self.grace.timeout).await;
+        self.end(signal, since, first_sweep, peers)
+    }
+
+    /// [`GraceSignal::run`] for a blocking caller (the mio adapter): this
+    /// thread waits for the signal. Not to be called from async code.
+    pub fn run_blocking(
+        mut self,
+        stop: impl FnOnce(Duration) -> Vec<ShutdownReport>,
+    ) -> GraceReport {
+        let got = std::mem::replace(&mut self.got, oneshot::channel().1);
+        let signal = got.blocking_recv().unwrap_or(Signal::Terminate);
+        let (since, first_sweep) = self.begin(signal);
+        let peers = stop(self.grace.timeout);
+        self.end(signal, since, first_sweep, peers)
+    }
+
+    fn begin(&mut self, signal: Signal) -> (Instant, Result<(), HookError>) {
+        let since = Instant::now();
+        tracing::info!(target: "teleport::grace", ?signal, timeout = ?self.grace.timeout, "stopping gracefully");
+        (
+            since,
+            run_hook(self.grace.first_sweep.take(), "first sweep"),
+        )
+    }
+
+    fn end(
+        &mut self,
+        signal: Signal,
+        since: Instant,
+        first_sweep: Result<(), HookError>,
+        peers: Vec<ShutdownReport>,
+    ) -> GraceReport {
+        let before_exiting = run_hook(self.grace.before_exiting.take(), "before exiting");
+        tracing::info!(target: "teleport::grace", ?signal, elapsed = ?since.elapsed(), "stopped");
+        GraceReport {
+            signal,
+            first_sweep,
+            peers,
+            before_exiting,
+            elapsed: since.elapsed(),
+        }
+    }
+}
+
+impl Drop for GraceSignal {
+    fn drop(&mut self) {
+        self.handle.close();
+        for id in self.flags.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+fn run_hook(hook: Option<Hook>, what: &str) -> Result<(), HookError> {
+    let Some(hook) = hook else {
+        return Ok(());
+    };
+    let r = hook();
+    if let Err(e) = &r {
+        tracing::warn!(target: "teleport::grace", error = %e, "the {what} hook failed");
+    }
+    r
+}

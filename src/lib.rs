@@ -253,6 +253,26 @@
 //! rustls configs to [`PeerBuilder::listen_tls`] and
 //! [`PeerBuilder::dial_tls`]; the [`tls`] module builds them.
 //!
+//! ```no_run
+//! # #[cfg(all(feature = "tls", feature = "tokio"))]
+//! # async fn demo(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+//! use teleport::prelude::*;
+//! use teleport::tls::{TlsAcceptor, TlsConnector};
+//!
+//! // cert, key, ca: PEM bytes (a chain, its key, the CA that signed it)
+//! let mut b = PeerBuilder::new(PeerConfig::default());
+//! b.listen_tls(TlsAcceptor::from_pem(cert, key)?);
+//! b.pull("/echo", |_ctx: PullCtx, s: String| async move { Ok::<_, Rerror>(s) });
+//! let server = Peer::from_builder(b)?;
+//! let addr = server.spawn_listener().await?;
+//!
+//! let mut b = PeerBuilder::new(PeerConfig::default());
+//! b.dial_tls(TlsConnector::from_ca_pem(ca)?); // checks the chain and the name dialed
+//! let session = Peer::from_builder(b)?.dial(&addr.to_string()).await?;
+//! session.pull::<_, String>("/echo", "over TLS").await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Checked arguments (feature `validate`)
 //!
 //! The seed's "binder": declare rules on an argument type with

@@ -124,7 +124,11 @@ pub struct PeerConfig {
     #[serde(with = "humantime_serde")]
     pub dial_timeout: Option<Duration>,
     /// How many times a dialed session re-dials after its connection broke
-    /// (0: never).
+    /// (0: never). It re-dials in the background as soon as the break is
+    /// seen, with a wait that grows from `redial_interval` between tries,
+    /// so a client that only receives pushes reconnects too; calls made
+    /// meanwhile wait for the new connection. The count starts afresh once
+    /// a re-dial succeeds.
     pub redial_times: u32,
     /// Wait before the first re-dial; doubled after each failure.
     #[serde(with = "humantime_serde")]

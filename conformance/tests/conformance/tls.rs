@@ -274,19 +274,35 @@ fn mutual(client_rt: Rt, name: &str, server: &Server, leaf: &Leaf, ca: &Ca) {
         .unwrap_or_else(|e| panic!("{name}: dial with the right certificate: {e}"));
     pull(name, &client, &s, "mutual");
 
-    let refused = |what: &str, tls: TlsConnector| match dial(tls) {
-        Err(DialError::Tls { .. }) => {}
+    // Refused with the server's alert, which the error names: at the dial,
+    // or at the first pull (TLS 1.3 ends the client's handshake first).
+    let refused = |what: &str, tls: TlsConnector, alert: &str| match dial(tls) {
+        Err(DialError::Tls { source, .. }) => {
+            assert!(
+                source.to_string().contains(alert),
+                "{name}: {what}: {source:?}, not {alert}"
+            )
+        }
         Err(e) => panic!("{name}: {what}: not a TLS error: {e:?}"),
         Ok(s) => {
             let r = client.block_on(guard(name, s.pull::<_, String>("/echo", "let me in")));
             let e = r.expect_err(what);
             assert_eq!(e.code, Rerror::CODE_CONN_CLOSED, "{name}: {what}: {e}");
+            assert!(
+                e.to_string().contains(alert),
+                "{name}: {what}: {e}, not {alert}"
+            );
         }
     };
-    refused("no client certificate", connector(ca));
+    refused(
+        "no client certificate",
+        connector(ca),
+        "CertificateRequired",
+    );
     refused(
         "a client certificate of another CA",
         client_connector(ca, &rogue.leaf(&["client.test"])),
+        "UnknownCA",
     );
     let s = dial(client_connector(ca, &me))
         .unwrap_or_else(|e| panic!("{name}: dial again with the right certificate: {e}"));
@@ -368,12 +384,16 @@ fn from_files(server_rt: Rt, client_rt: Rt, pair: &str, ca: &Ca, leaf: &Leaf) {
     // pull (TLS 1.3 ends the client's handshake first).
     let client = client_with("");
     match client.dial_with(&addr, DialOptions::default()) {
-        Err(DialError::Tls { .. }) => {}
+        Err(DialError::Tls { source, .. }) => assert!(
+            source.to_string().contains("CertificateRequired"),
+            "{name}: {source:?}"
+        ),
         Err(e) => panic!("{name}: no client certificate: not a TLS error: {e:?}"),
         Ok(s) => {
             let r = client.block_on(guard(name, s.pull::<_, String>("/echo", "let me in")));
             let e = r.expect_err("a client without a certificate was served");
             assert_eq!(e.code, Rerror::CODE_CONN_CLOSED, "{name}: {e}");
+            assert!(e.to_string().contains("CertificateRequired"), "{name}: {e}");
         }
     }
     client.shutdown();

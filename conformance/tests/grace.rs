@@ -5,7 +5,9 @@
 //! says which signal it was.
 //!
 //! Signals belong to the whole process, so this file is a test binary of
-//! its own with one test that takes the runtimes one after the other.
+//! its own with one test that takes the runtimes one after the other; the
+//! tests of what a signal does to the process itself run in a child
+//! process each (this binary, started again).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -205,6 +207,9 @@ fn on_mio() {
 
 #[test]
 fn a_signal_stops_every_runtime_gracefully() {
+    if std::env::var_os(CHILD).is_some() {
+        return; // a child of another test here
+    }
     on_tokio();
     on_async_io(
         "async-std",
@@ -217,4 +222,52 @@ fn a_signal_stops_every_runtime_gracefully() {
         (SIGINT, Signal::Interrupt),
     );
     on_mio();
+}
+
+/// Which child this process is, when the tests below start it again.
+const CHILD: &str = "TELEPORT_GRACE_CHILD";
+
+/// Runs this test binary again with only `test` and [`CHILD`] set to
+/// `role`; its exit status.
+fn child(test: &str, role: &str) -> std::process::ExitStatus {
+    std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["--exact", test, "--test-threads=1", "--nocapture"])
+        .env(CHILD, role)
+        .status()
+        .expect("the child ran")
+}
+
+/// Once a `GraceSignal` is gone (used or not), SIGTERM ends the process as
+/// it did before: it is not left ignored.
+#[test]
+fn sigterm_ends_the_process_once_the_grace_signal_is_gone() {
+    use std::os::unix::process::ExitStatusExt;
+    if std::env::var(CHILD).as_deref() == Ok("dropped") {
+        drop(Grace::new(Duration::from_secs(1)).listen().unwrap());
+        raise(SIGTERM);
+        // Reached only if the signal was ignored.
+        std::process::exit(0);
+    }
+    let status = child(
+        "sigterm_ends_the_process_once_the_grace_signal_is_gone",
+        "dropped",
+    );
+    assert!(
+        status.signal() == Some(SIGTERM) || status.code() == Some(128 + SIGTERM),
+        "{status:?}"
+    );
+}
+
+/// A second signal while the first one's stop runs ends the process at
+/// once, with status 1.
+#[test]
+fn a_second_signal_exits_at_once() {
+    if std::env::var(CHILD).as_deref() == Ok("twice") {
+        let _signals = Grace::new(Duration::from_secs(1)).listen().unwrap();
+        raise(SIGTERM); // the stop would begin
+        raise(SIGINT); // the operator insists
+        std::process::exit(0);
+    }
+    let status = child("a_second_signal_exits_at_once", "twice");
+    assert_eq!(status.code(), Some(1), "{status:?}");
 }

@@ -11,16 +11,17 @@
 //!
 //! From [`Grace::listen`] on, a first SIGINT or SIGTERM no longer ends the
 //! process at once; a second one, while the stop is under way, does (exit
-//! status 1), as an operator pressing Ctrl-C twice expects. When the
-//! [`GraceSignal`] is dropped its handlers are removed.
+//! status 1), as an operator pressing Ctrl-C twice expects. Once the
+//! [`GraceSignal`] is dropped (after its stop, or unused), the two
+//! signals do what they did before: end the process.
 //!
 //! A graceful restart on SIGHUP or SIGUSR2 (the seed's reboot) is not
 //! built yet.
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -142,8 +143,67 @@ impl fmt::Debug for GraceSignal {
     }
 }
 
+/// What SIGINT and SIGTERM do while no [`GraceSignal`] is alive, once one
+/// has been: signal-hook keeps its handler installed when the last action
+/// is removed (it cannot restore the default safely), so without this the
+/// process would ignore them from then on. A default action, registered
+/// once and first, runs while no `GraceSignal` is alive.
+struct Fallback {
+    /// Run the default action (`true` while no `GraceSignal` lives).
+    default: Arc<AtomicBool>,
+    /// `GraceSignal`s alive.
+    live: usize,
+    registered: bool,
+}
+
+static FALLBACK: std::sync::LazyLock<Mutex<Fallback>> = std::sync::LazyLock::new(|| {
+    Mutex::new(Fallback {
+        default: Arc::new(AtomicBool::new(false)),
+        live: 0,
+        registered: false,
+    })
+});
+
+impl Fallback {
+    fn lock() -> std::sync::MutexGuard<'static, Fallback> {
+        FALLBACK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A `GraceSignal` is being installed: the default action is off.
+    fn enter() -> io::Result<()> {
+        let mut f = Fallback::lock();
+        if !f.registered {
+            for sig in [SIGINT, SIGTERM] {
+                signal_hook::flag::register_conditional_default(sig, f.default.clone())?;
+            }
+            f.registered = true;
+        }
+        f.live += 1;
+        f.default.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A `GraceSignal` is gone: with none left, the default action is back.
+    fn leave() {
+        let mut f = Fallback::lock();
+        f.live = f.live.saturating_sub(1);
+        if f.live == 0 {
+            f.default.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 impl GraceSignal {
     fn install(grace: Grace) -> io::Result<GraceSignal> {
+        Fallback::enter()?;
+        let installed = GraceSignal::install_handlers(grace);
+        if installed.is_err() {
+            Fallback::leave();
+        }
+        installed
+    }
+
+    fn install_handlers(grace: Grace) -> io::Result<GraceSignal> {
         // A second signal while the first one's stop runs ends the process:
         // the exit is registered before the flag it tests is set, so the
         // first signal only sets it.
@@ -256,6 +316,7 @@ impl Drop for GraceSignal {
         for id in self.flags.drain(..) {
             signal_hook::low_level::unregister(id);
         }
+        Fallback::leave();
     }
 }
 

@@ -20,11 +20,13 @@
 mod addr;
 mod builder;
 mod config;
+#[doc(hidden)] // shown under `adapter`
 pub mod direct;
 mod driver;
 #[cfg(unix)]
 pub mod grace;
 mod handler;
+#[doc(hidden)] // shown under `adapter`
 pub mod net;
 mod options;
 mod peer_ref;

@@ -115,7 +115,12 @@ impl DecodePool {
                         // The lock is held only to take one job.
                         let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         match next {
-                            Ok(work) => work(),
+                            // A panic (in a user's filter, say) loses that
+                            // frame only: its waiter hears so, and the
+                            // thread goes on serving.
+                            Ok(work) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+                            }
                             Err(_) => return, // the peer is gone
                         }
                     });

@@ -267,7 +267,7 @@ impl AsRef<Peer> for Peer {
 /// The seed's `GraceSignal`, blocking this thread: waits for SIGINT or
 /// SIGTERM (handled from [`Grace::listen`](teleport_peer::Grace::listen)
 /// on), then runs the first sweep, shuts every one of `peers` down
-/// gracefully (one after the other, each with the
+/// gracefully at once (a thread each, all with the
 /// [`Grace`](teleport_peer::Grace)'s timeout), and runs the last hook.
 /// Returns what happened; the caller's `main` returns after it. Not to be
 /// called from a handler.
@@ -276,5 +276,19 @@ pub fn grace_signal<P: AsRef<Peer>>(
     signals: teleport_peer::GraceSignal,
     peers: &[P],
 ) -> teleport_peer::GraceReport {
-    signals.run_blocking(|timeout| peers.iter().map(|p| p.as_ref().shutdown(timeout)).collect())
+    signals.run_blocking(|timeout| {
+        std::thread::scope(|s| {
+            let stops: Vec<_> = peers
+                .iter()
+                .map(|p| {
+                    let p: &Peer = p.as_ref();
+                    s.spawn(move || p.shutdown(timeout))
+                })
+                .collect();
+            stops
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    })
 }

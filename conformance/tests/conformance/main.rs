@@ -23,6 +23,7 @@
 
 mod api;
 mod closing;
+mod decoding;
 mod extensions;
 mod plugins;
 mod protos;
@@ -115,5 +116,29 @@ mod served_close {
     #[test]
     fn mio() {
         served::close_ends_the_writing_side(Rt::Mio);
+    }
+}
+
+mod decoding_threads {
+    use super::*;
+
+    #[test]
+    fn tokio() {
+        decoding::large_frames_off_the_socket_threads(Rt::Tokio);
+    }
+
+    #[test]
+    fn async_std() {
+        decoding::large_frames_off_the_socket_threads(Rt::AsyncStd);
+    }
+
+    #[test]
+    fn smol() {
+        decoding::large_frames_off_the_socket_threads(Rt::Smol);
+    }
+
+    #[test]
+    fn mio() {
+        decoding::large_frames_off_the_socket_threads(Rt::Mio);
     }
 }

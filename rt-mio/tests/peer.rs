@@ -863,7 +863,10 @@ fn graceful_shutdown(held: Held, workers: usize, sessions_n: usize, per_session:
     gate.open();
     gate_tx.send_replace(true);
     let report = recv("shutdown", &report_rx);
-    assert_eq!(report.sessions, sessions_n);
+    // The report counts the sessions open when its own call began, which
+    // on a loaded machine can be after the gate opened and some sessions
+    // ended: the first call's count (asserted above) is the one to check.
+    assert!(report.sessions <= sessions_n, "{report:?}");
     assert_eq!(report.cancelled, 0);
     let mut results = HashMap::new();
     for _ in 0..total {

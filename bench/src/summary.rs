@@ -12,18 +12,9 @@ use std::collections::BTreeMap;
 
 use crate::args::Args;
 
-/// Systems in table order; any other comes after them.
-const ORDER: [&str; 9] = [
-    "floor",
-    "socket",
-    "tokio",
-    "tokio-tls",
-    "async-std",
-    "smol",
-    "mio",
-    "tarpc",
-    "tonic",
-];
+/// Systems of other harnesses, after ours ([`crate::SYSTEMS`]) in the
+/// tables; any other comes last.
+const PEERS: [&str; 2] = ["tarpc", "tonic"];
 
 /// One `KEY key=value...` line.
 struct Line {
@@ -73,10 +64,10 @@ impl Line {
 }
 
 fn rank(system: &str) -> usize {
-    ORDER
-        .iter()
+    let mut order = crate::SYSTEMS.iter().chain(PEERS.iter());
+    order
         .position(|s| *s == system)
-        .unwrap_or(ORDER.len())
+        .unwrap_or(crate::SYSTEMS.len() + PEERS.len())
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {

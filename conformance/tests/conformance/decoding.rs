@@ -45,9 +45,8 @@ impl XferFilter for WhereDecoded {
     }
 }
 
-pub fn large_frames_off_the_socket_threads(server_rt: Rt) {
-    let name = &format!("{server_rt:?} server (decoding)");
-    let seen = WhereDecoded::default();
+/// The server's builder: a `/len` route and the noting filter.
+fn server(seen: &WhereDecoded) -> PeerBuilder {
     let mut b = PeerBuilder::new(PeerConfig {
         listen_address: "127.0.0.1:0".into(),
         ..PeerConfig::default()
@@ -56,12 +55,41 @@ pub fn large_frames_off_the_socket_threads(server_rt: Rt) {
     b.pull("/len", |_ctx: PullCtx, s: String| async move {
         Ok::<_, Rerror>(s.len())
     });
-    let server = server_rt.serve(b).unwrap_or_else(|e| panic!("{name}: {e}"));
+    b
+}
+
+pub fn large_frames_off_the_socket_threads(server_rt: Rt) {
+    let name = &format!("{server_rt:?} server (decoding)");
+    let seen = WhereDecoded::default();
+    let server = server_rt
+        .serve(server(&seen))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    pull_and_check(name, &server.addr().dial_string(), &seen);
+    server.shutdown(std::time::Duration::from_secs(5));
+}
+
+/// The same with mio's handlers on its poll loop (no workers), where an
+/// inflation would stall every session of the peer.
+pub fn large_frames_off_the_mio_loop() {
+    let name = "Mio server, handlers on the loop (decoding)";
+    let seen = WhereDecoded::default();
+    let server = teleport_mio::Peer::with_workers(server(&seen), 0)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let addr = server
+        .spawn_listener()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    pull_and_check(name, &addr.dial_string(), &seen);
+    server.shutdown(std::time::Duration::from_secs(5));
+}
+
+/// A large and a small filtered pull to `addr`, answered; then where the
+/// server unfiltered each.
+fn pull_and_check(name: &str, addr: &str, seen: &WhereDecoded) {
     let mut b = PeerBuilder::new(PeerConfig::default());
     b.xfer_filter(WhereDecoded::default());
     let client = Rt::Tokio.client(b);
     let s = client
-        .dial(&server.addr().dial_string())
+        .dial(addr)
         .unwrap_or_else(|e| panic!("{name}: dial: {e}"));
     let big = "x".repeat(1 << 20);
     for body in [big.as_str(), "small"] {
@@ -75,6 +103,7 @@ pub fn large_frames_off_the_socket_threads(server_rt: Rt) {
         let r = r.unwrap_or_else(|e| panic!("{name}: pull of {} bytes: {e}", body.len()));
         assert_eq!(r.value, body.len(), "{name}");
     }
+    client.shutdown();
     let seen = seen.0.lock().unwrap().clone();
     let big_on: Vec<&str> = seen
         .iter()
@@ -90,6 +119,4 @@ pub fn large_frames_off_the_socket_threads(server_rt: Rt) {
             .any(|(t, n)| *n < 100 && !t.starts_with("teleport-decode-")),
         "{name}: the small frame took a hop: {seen:?}"
     );
-    client.shutdown();
-    server.shutdown(std::time::Duration::from_secs(5));
 }

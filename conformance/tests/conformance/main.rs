@@ -141,4 +141,9 @@ mod decoding_threads {
     fn mio() {
         decoding::large_frames_off_the_socket_threads(Rt::Mio);
     }
+
+    #[test]
+    fn mio_handlers_on_the_loop() {
+        decoding::large_frames_off_the_mio_loop();
+    }
 }

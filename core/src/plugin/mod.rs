@@ -114,7 +114,28 @@ pub struct PluginCtx<'a> {
     pub(crate) swallowed: bool,
 }
 
-impl PluginCtx<'_> {
+impl<'a> PluginCtx<'a> {
+    /// The context of a session's hooks; names no plugin until one runs.
+    pub(crate) fn new(
+        now: Instant,
+        role: Role,
+        session_id: u64,
+        frame_len: Option<usize>,
+        ext: &'a mut Extensions,
+        actions: &'a mut Vec<Action>,
+    ) -> Self {
+        PluginCtx {
+            now,
+            role,
+            session_id,
+            plugin: usize::MAX,
+            frame_len,
+            ext,
+            actions,
+            swallowed: false,
+        }
+    }
+
     /// The time the session was given with the input being handled.
     pub fn now(&self) -> Instant {
         self.now

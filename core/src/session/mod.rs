@@ -422,6 +422,26 @@ struct Incoming {
 
 /// Our own seqs are sequential and chosen by us, so a multiplicative hash
 /// is safe and fast. (The peer's seqs use the default, keyed hasher.)
+/// Runs `f` for each of `plugins` in order, with `ctx` naming each one if
+/// they are the peer's (`peer_wide`: a peer-wide plugin's pulls and timers
+/// come back to it by its index; a group's or route's name none); stops at
+/// the first error. `Ok(true)`: a plugin swallowed the packet.
+fn run_plugins(
+    plugins: &Plugins,
+    peer_wide: bool,
+    ctx: &mut PluginCtx<'_>,
+    f: &mut impl FnMut(&dyn crate::plugin::Plugin, &mut PluginCtx<'_>) -> Result<(), Rerror>,
+) -> Result<bool, Rerror> {
+    for (i, plugin) in plugins.iter().enumerate() {
+        ctx.plugin = if peer_wide { i } else { usize::MAX };
+        f(&**plugin, ctx)?;
+        if ctx.swallowed {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 #[derive(Default)]
 struct SeqHasher(u64);
 
@@ -1012,23 +1032,15 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         frame_len: Option<usize>,
         mut f: impl FnMut(&dyn crate::plugin::Plugin, &mut PluginCtx<'_>) -> Result<(), Rerror>,
     ) -> Result<bool, Rerror> {
-        for plugin in plugins.iter() {
-            let mut ctx = PluginCtx {
-                now,
-                role: self.role,
-                session_id: self.id,
-                plugin: usize::MAX,
-                frame_len,
-                ext: &mut self.ext,
-                actions: &mut self.actions,
-                swallowed: false,
-            };
-            f(&**plugin, &mut ctx)?;
-            if ctx.swallowed {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let mut ctx = PluginCtx::new(
+            now,
+            self.role,
+            self.id,
+            frame_len,
+            &mut self.ext,
+            &mut self.actions,
+        );
+        run_plugins(plugins, false, &mut ctx, &mut f)
     }
 
     /// Starts a graceful close: new pulls and pushes are refused (a
@@ -1665,23 +1677,15 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         frame_len: Option<usize>,
         mut f: impl FnMut(&dyn crate::plugin::Plugin, &mut PluginCtx<'_>) -> Result<(), Rerror>,
     ) -> Result<bool, Rerror> {
-        for (i, plugin) in self.shared.plugins.iter().enumerate() {
-            let mut ctx = PluginCtx {
-                now,
-                role: self.role,
-                session_id: self.id,
-                plugin: i,
-                frame_len,
-                ext: &mut self.ext,
-                actions: &mut self.actions,
-                swallowed: false,
-            };
-            f(&**plugin, &mut ctx)?;
-            if ctx.swallowed {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let mut ctx = PluginCtx::new(
+            now,
+            self.role,
+            self.id,
+            frame_len,
+            &mut self.ext,
+            &mut self.actions,
+        );
+        run_plugins(&self.shared.plugins, true, &mut ctx, &mut f)
     }
 
     fn hook_one(
@@ -1693,16 +1697,15 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         let Some(plugin) = self.shared.plugins.iter().nth(i) else {
             return Ok(());
         };
-        let mut ctx = PluginCtx {
+        let mut ctx = PluginCtx::new(
             now,
-            role: self.role,
-            session_id: self.id,
-            plugin: i,
-            frame_len: None,
-            ext: &mut self.ext,
-            actions: &mut self.actions,
-            swallowed: false,
-        };
+            self.role,
+            self.id,
+            None,
+            &mut self.ext,
+            &mut self.actions,
+        );
+        ctx.plugin = i;
         f(&**plugin, &mut ctx)
     }
 

@@ -229,6 +229,30 @@
 //! [`GraceReport`] (it does not end the process: `main` returns). A second
 //! signal during the stop ends the process at once.
 //!
+//! A peer's shutdown tells each client to move before it closes: a push
+//! to the reserved route [`GOING_AWAY_URI`]. A Rust
+//! client that gets it makes no new call over that connection; its calls
+//! already made finish there (the server still serves what was sent
+//! before the client read the notice), then the session dials the same
+//! address again (whatever `redial_times` says, at least once) and the
+//! calls made meanwhile go out over the new connection. A client that
+//! does not know the route (Go teleport) drops the push, and is served
+//! until the shutdown's deadline, then closed. A pull still running at
+//! the deadline is answered with an error (102) that says it was cut.
+//!
+//! # Graceful restart, systemd
+//!
+//! SIGHUP or SIGUSR2 restarts: [`grace_signal`] starts the successor (this
+//! program again, or what [`Grace::restart_with`] names) and hands it the
+//! peers' listening sockets, waits until it says it is ready (its own
+//! `grace_signal` does, when it starts waiting), then shuts down as on
+//! SIGTERM. The sockets never close, so no dial is refused, and clients
+//! move to the successor without a failed call (`cargo run --example
+//! restart` shows it under load). A listener finds a socket passed in
+//! before it binds (see [`handoff`]): also systemd's socket activation
+//! (`LISTEN_FDS`), for tcp, unix and unixpacket; readiness goes to
+//! systemd too (`sd_notify` `READY=1`).
+//!
 //! ```no_run
 //! # #[cfg(all(unix, feature = "tokio"))]
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -312,7 +336,7 @@
 //! | `tp.NewRerror(code, msg, reason)` | [`Rerror::new`]`(code, msg).with_detail(reason)` |
 //! | `tp.Plugin` and its `PostDial`, `PreReadHeader`, ... hooks | [`Plugin`] (`after_dial`, `after_read_header`, ...) |
 //! | `tp.Infof`, `tp.Debugf` | `tracing::info!`, `tracing::debug!` |
-//! | `tp.GraceSignal()` | [`Grace::listen`] then [`grace_signal`]`(signals, &[&peer])` (SIGINT, SIGTERM); the seed's restart on a signal: not yet |
+//! | `tp.GraceSignal()` | [`Grace::listen`] then [`grace_signal`]`(signals, &[&peer])` (SIGINT, SIGTERM stop; SIGHUP, SIGUSR2 restart with the listeners handed to a successor) |
 //! | `protoFunc` (a custom proto), `tp.SetDefaultProtoFunc(f)` | [`MakeProto`], [`PeerBuilder::proto`] for the peer's default |
 //! | `peer.Listen(protoFunc)`, `peer.Dial(addr, protoFunc)`, `peer.ServeConn(conn, protoFunc)` | `.proto(..)` of [`ListenOptions`], [`DialOptions`], [`ServeOptions`], given to `spawn_listener_with`, `dial_with`, `serve_conn` |
 //! | `peer.DialContext(ctx, addr)` | [`Peer::dial`] under your own timeout or cancellation (drop the future); `dial_timeout` in [`PeerConfig`] |
@@ -353,8 +377,12 @@ pub use teleport_core::{
     CloseReason, Codec, CodecError, CodecId, CodecRegistry, DecodeBody, EncodeBody, Gzip,
     JsonCodec, MakeProto, Meta, Packet, PacketType, Proto, ProtoError, Protobuf, ProtobufCodec,
     Rerror, RouteKind, Seq, SessionStats, StringCodec, Uri, XferError, XferFilter, XferId,
-    XferPipe, XferRegistry,
+    XferPipe, XferRegistry, GOING_AWAY_URI,
 };
+/// Sockets passed in (systemd, a predecessor) and handing ours on: a
+/// graceful restart's parts, for a process that drives it itself.
+#[cfg(unix)]
+pub use teleport_peer::handoff;
 pub use teleport_peer::{
     Answer, BoxFuture, Broadcast, ConfigError, Controller, DialError, DialOptions, Group,
     IntoReply, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerRef, ProtoFunc,

@@ -43,7 +43,8 @@ pub use rerror::Rerror;
 pub use router::{RouteKind, Router};
 pub use session::{
     CloseReason, Event, IncomingPull, IncomingPush, Role, Session, SessionConfig, SessionStats,
-    Shared, State, DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_INCOMING_BYTES, WRITE_ERROR_GRACE,
+    Shared, State, DEFAULT_FRAME_TIMEOUT, DEFAULT_MAX_INCOMING_BYTES, GOING_AWAY_URI,
+    WRITE_ERROR_GRACE,
 };
 pub use xfer::{Gzip, XferFilter, XferRegistry};
 

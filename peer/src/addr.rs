@@ -34,3 +34,16 @@ impl PeerAddr {
         }
     }
 }
+
+/// How a listener is named in a hand-off: its network and configured
+/// address (not the bound one: a port 0 listener is found again).
+pub fn listener_name(network: crate::Network, address: &str) -> String {
+    let net = match network {
+        crate::Network::Tcp => "tcp",
+        crate::Network::Tcp4 => "tcp4",
+        crate::Network::Tcp6 => "tcp6",
+        crate::Network::Unix => "unix",
+        crate::Network::Unixpacket => "unixpacket",
+    };
+    format!("{net} {address}")
+}

@@ -79,6 +79,9 @@ pub struct Driver {
     last_reason: Option<CloseReason>,
     /// Makes each connection's proto (`None`: the fast proto).
     proto: Option<ProtoFunc>,
+    /// Calls made after the peer said it is going away: they go out over
+    /// the next connection.
+    held: Vec<Command>,
 }
 
 impl Driver {
@@ -102,6 +105,7 @@ impl Driver {
             close_waiters: Vec::new(),
             close_requested: false,
             last_reason: None,
+            held: Vec::new(),
         }
     }
 
@@ -174,6 +178,10 @@ impl Driver {
                     None => core.close(now),
                 }
             }
+            Command::GoAway { deadline } => core.go_away(now, deadline),
+            // The peer is going away: this connection takes no new call,
+            // the next one (dialed once this one is over) does.
+            call if core.is_moving() && self.dial_addr.is_some() => self.held.push(call),
             call => {
                 let _ = carry_out_call(core, call, now);
             }
@@ -348,6 +356,13 @@ impl Driver {
     pub fn connection_ended(&mut self, reason: &CloseReason) -> Option<String> {
         self.peer.note_close(reason);
         self.last_reason = Some(reason.clone());
+        if *reason == CloseReason::GoingAway
+            && !self.close_requested
+            && !self.peer.is_shutting_down()
+        {
+            // Asked to move: dialed again whatever `redial_times` says.
+            return self.dial_addr.clone();
+        }
         let local_end = matches!(
             reason,
             CloseReason::Local | CloseReason::DrainTimeout { .. }
@@ -384,9 +399,17 @@ impl Driver {
     {
         use futures_util::future::{select, Either};
         let cfg = self.peer.config();
+        // Calls kept back since the peer said it was going away go first.
+        let mut held = std::mem::take(&mut self.held);
+        held.append(backlog);
+        *backlog = held;
+        let attempts = match self.last_reason {
+            Some(CloseReason::GoingAway) => cfg.redial_times.max(1),
+            _ => cfg.redial_times,
+        };
         let mut wait = cfg.redial_interval;
         let mut last_err = None;
-        for attempt in 1..=cfg.redial_times {
+        for attempt in 1..=attempts {
             if self.peer.is_shutting_down() {
                 break;
             }
@@ -480,6 +503,7 @@ impl Driver {
     pub fn finish(mut self) {
         // The reason first: a call that finds the channel closed reads it.
         let refusal = closed_error(self.last_reason.as_ref());
+        refuse_all(&mut self.held, refusal.clone());
         self.session.set_closed(self.last_reason.take());
         self.cmd_rx.close();
         // Until the channel says no send is in flight: a caller that got in
@@ -713,7 +737,7 @@ pub(crate) fn carry_out_call(
         Command::Push { packet, tx } => {
             let _ = tx.send(core.push(now, packet).map(drop));
         }
-        close @ Command::Close { .. } => return Err(close),
+        close @ (Command::Close { .. } | Command::GoAway { .. }) => return Err(close),
     }
     Ok(())
 }
@@ -734,6 +758,7 @@ pub fn refuse(cmd: Command, e: Rerror) {
         Command::Push { tx, .. } => {
             let _ = tx.send(Err(e));
         }
+        Command::GoAway { .. } => {}
         Command::Close { done, .. } => {
             if let Some(d) = done {
                 let _ = d.send(());

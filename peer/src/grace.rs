@@ -12,11 +12,21 @@
 //! From [`Grace::listen`] on, a first SIGINT or SIGTERM no longer ends the
 //! process at once; a second one, while the stop is under way, does (exit
 //! status 1), as an operator pressing Ctrl-C twice expects. Once the
-//! [`GraceSignal`] is dropped (after its stop, or unused), the two
-//! signals do what they did before: end the process.
+//! [`GraceSignal`] is dropped (after its stop, or unused), the signals do
+//! what they did before: end the process.
 //!
-//! A graceful restart on SIGHUP or SIGUSR2 (the seed's reboot) is not
-//! built yet.
+//! SIGHUP or SIGUSR2 restarts gracefully (the seed's reboot): the
+//! successor is started with the peers' listening sockets
+//! ([`crate::handoff::hand_off`], as [`Grace::restart_with`] says), and
+//! once it says it is ready the peers shut down gracefully, as on SIGTERM:
+//! they stop accepting (the successor accepts on the same sockets, so no
+//! dial is refused), tell their clients to move, answer what they
+//! accepted, and the process ends. If the successor fails to start or to
+//! be ready in time, the error is logged and this process serves on.
+//!
+//! Waiting for signals is also when the process is ready: the adapters'
+//! `grace_signal` calls [`crate::handoff::notify_ready`] first (telling a
+//! predecessor, and systemd).
 
 use std::fmt;
 use std::io;
@@ -24,12 +34,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook::iterator::{Handle, Signals};
 use signal_hook::SigId;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::registry::ShutdownReport;
+use crate::handoff::{HandOff, HandOffError, Successor};
+use crate::registry::{PeerCore, ShutdownReport};
 
 /// What a hook may fail with.
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,6 +54,7 @@ pub struct Grace {
     timeout: Duration,
     first_sweep: Option<Hook>,
     before_exiting: Option<Hook>,
+    restart: HandOff,
 }
 
 impl fmt::Debug for Grace {
@@ -51,6 +63,7 @@ impl fmt::Debug for Grace {
             .field("timeout", &self.timeout)
             .field("first_sweep", &self.first_sweep.is_some())
             .field("before_exiting", &self.before_exiting.is_some())
+            .field("restart", &self.restart)
             .finish()
     }
 }
@@ -63,7 +76,15 @@ impl Grace {
             timeout,
             first_sweep: None,
             before_exiting: None,
+            restart: HandOff::default(),
         }
+    }
+
+    /// How a restart on SIGHUP or SIGUSR2 starts the successor (by default
+    /// this program again with its arguments, 30 s to be ready).
+    pub fn restart_with(mut self, how: HandOff) -> Grace {
+        self.restart = how;
+        self
     }
 
     /// Runs `f` first, before any peer stops (the seed's `firstSweep`):
@@ -93,8 +114,9 @@ impl Grace {
         self.timeout
     }
 
-    /// Installs the handlers of SIGINT and SIGTERM now, before anything
-    /// waits on them (a signal that comes in between is kept, not lost).
+    /// Installs the handlers of SIGINT, SIGTERM, SIGHUP and SIGUSR2 now,
+    /// before anything waits on them (a signal that comes in between is
+    /// kept, not lost).
     pub fn listen(self) -> io::Result<GraceSignal> {
         GraceSignal::install(self)
     }
@@ -108,6 +130,26 @@ pub enum Signal {
     Interrupt,
     /// SIGTERM (what `kill`, systemd and container runtimes send).
     Terminate,
+    /// SIGHUP: a graceful restart.
+    Hangup,
+    /// SIGUSR2: a graceful restart.
+    User2,
+}
+
+impl Signal {
+    fn from_raw(sig: i32) -> Signal {
+        match sig {
+            SIGINT => Signal::Interrupt,
+            SIGHUP => Signal::Hangup,
+            SIGUSR2 => Signal::User2,
+            _ => Signal::Terminate,
+        }
+    }
+
+    /// Whether it asks for a restart rather than a stop.
+    pub fn is_restart(self) -> bool {
+        matches!(self, Signal::Hangup | Signal::User2)
+    }
 }
 
 /// What a stop did, in order.
@@ -115,6 +157,8 @@ pub enum Signal {
 pub struct GraceReport {
     /// The signal that started it.
     pub signal: Signal,
+    /// On a restart, the successor that took over (its process id).
+    pub successor: Option<u32>,
     /// The first sweep's result (`Ok` when there was none).
     pub first_sweep: Result<(), HookError>,
     /// Each peer's shutdown report, in the order the peers were given.
@@ -130,7 +174,7 @@ pub struct GraceReport {
 /// Made by [`Grace::listen`]; used by each adapter's `grace_signal`.
 pub struct GraceSignal {
     grace: Grace,
-    got: oneshot::Receiver<Signal>,
+    got: mpsc::UnboundedReceiver<Signal>,
     handle: Handle,
     flags: Vec<SigId>,
 }
@@ -173,7 +217,7 @@ impl Fallback {
     fn enter() -> io::Result<()> {
         let mut f = Fallback::lock();
         if !f.registered {
-            for sig in [SIGINT, SIGTERM] {
+            for sig in [SIGINT, SIGTERM, SIGHUP, SIGUSR2] {
                 signal_hook::flag::register_conditional_default(sig, f.default.clone())?;
             }
             f.registered = true;
@@ -217,7 +261,7 @@ impl GraceSignal {
             )?);
             flags.push(signal_hook::flag::register(sig, stopping.clone())?);
         }
-        let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2]) {
             Ok(s) => s,
             Err(e) => {
                 for id in flags {
@@ -227,17 +271,15 @@ impl GraceSignal {
             }
         };
         let handle = signals.handle();
-        let (tx, got) = oneshot::channel();
+        let (tx, got) = mpsc::unbounded_channel();
         let waiter = std::thread::Builder::new()
             .name("teleport-signals".into())
             .spawn(move || {
-                // Ends without a signal when the handle is closed.
-                if let Some(sig) = signals.forever().next() {
-                    let _ = tx.send(if sig == SIGINT {
-                        Signal::Interrupt
-                    } else {
-                        Signal::Terminate
-                    });
+                // Ends when the handle is closed.
+                for sig in signals.forever() {
+                    if tx.send(Signal::from_raw(sig)).is_err() {
+                        break;
+                    }
                 }
             });
         if let Err(e) = waiter {
@@ -255,31 +297,75 @@ impl GraceSignal {
         })
     }
 
-    /// Waits for the signal (on any runtime), then stops: the first
-    /// sweep, `stop` (given the timeout; an adapter shuts its peers down
-    /// there), the last hook.
-    pub async fn run<F, Fut>(mut self, stop: F) -> GraceReport
+    /// Says the process is ready ([`crate::handoff::notify_ready`]), waits
+    /// for a signal (on any runtime), then stops: the first sweep, `stop`
+    /// (given the timeout; an adapter shuts its peers down there), the
+    /// last hook. On SIGHUP or SIGUSR2 the successor is started with the
+    /// listening sockets of `peers` first, and the stop follows once it is
+    /// ready; if it fails, this process waits for the next signal.
+    pub async fn run<F, Fut>(mut self, peers: &[Arc<PeerCore>], stop: F) -> GraceReport
     where
         F: FnOnce(Duration) -> Fut,
         Fut: std::future::Future<Output = Vec<ShutdownReport>>,
     {
-        let signal = (&mut self.got).await.unwrap_or(Signal::Terminate);
+        self.ready();
+        let (signal, successor) = loop {
+            let signal = self.got.recv().await.unwrap_or(Signal::Terminate);
+            if !signal.is_restart() {
+                break (signal, None);
+            }
+            let (tx, rx) = oneshot::channel();
+            let listeners = listeners_of(peers);
+            let how = self.grace.restart.clone();
+            let started = std::thread::Builder::new()
+                .name("teleport-handoff".into())
+                .spawn(move || {
+                    let _ = tx.send(listeners.and_then(|l| crate::handoff::hand_off(l, &how)));
+                });
+            let r = match started {
+                Ok(_) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(io::Error::other("hand-off thread lost").into())),
+                Err(e) => Err(e.into()),
+            };
+            if let Some(s) = restarted(signal, r) {
+                break (signal, Some(s.pid));
+            }
+        };
         let (since, first_sweep) = self.begin(signal);
         let peers = stop(self.grace.timeout).await;
-        self.end(signal, since, first_sweep, peers)
+        self.end(signal, successor, since, first_sweep, peers)
     }
 
     /// [`GraceSignal::run`] for a blocking caller (the mio adapter): this
     /// thread waits for the signal. Not to be called from async code.
     pub fn run_blocking(
         mut self,
+        peers: &[Arc<PeerCore>],
         stop: impl FnOnce(Duration) -> Vec<ShutdownReport>,
     ) -> GraceReport {
-        let got = std::mem::replace(&mut self.got, oneshot::channel().1);
-        let signal = got.blocking_recv().unwrap_or(Signal::Terminate);
+        self.ready();
+        let (signal, successor) = loop {
+            let signal = self.got.blocking_recv().unwrap_or(Signal::Terminate);
+            if !signal.is_restart() {
+                break (signal, None);
+            }
+            let r =
+                listeners_of(peers).and_then(|l| crate::handoff::hand_off(l, &self.grace.restart));
+            if let Some(s) = restarted(signal, r) {
+                break (signal, Some(s.pid));
+            }
+        };
         let (since, first_sweep) = self.begin(signal);
         let peers = stop(self.grace.timeout);
-        self.end(signal, since, first_sweep, peers)
+        self.end(signal, successor, since, first_sweep, peers)
+    }
+
+    fn ready(&self) {
+        if let Err(e) = crate::handoff::notify_ready() {
+            tracing::warn!(target: "teleport::grace", error = %e,
+                "could not tell the predecessor this process is ready");
+        }
     }
 
     fn begin(&mut self, signal: Signal) -> (Instant, Result<(), HookError>) {
@@ -294,6 +380,7 @@ impl GraceSignal {
     fn end(
         &mut self,
         signal: Signal,
+        successor: Option<u32>,
         since: Instant,
         first_sweep: Result<(), HookError>,
         peers: Vec<ShutdownReport>,
@@ -302,6 +389,7 @@ impl GraceSignal {
         tracing::info!(target: "teleport::grace", ?signal, elapsed = ?since.elapsed(), "stopped");
         GraceReport {
             signal,
+            successor,
             first_sweep,
             peers,
             before_exiting,
@@ -317,6 +405,31 @@ impl Drop for GraceSignal {
             signal_hook::low_level::unregister(id);
         }
         Fallback::leave();
+    }
+}
+
+/// The listening sockets of every peer, for a hand-off.
+fn listeners_of(peers: &[Arc<PeerCore>]) -> Result<Vec<(String, socket2::Socket)>, HandOffError> {
+    let mut all = Vec::new();
+    for p in peers {
+        all.extend(p.listening_sockets()?);
+    }
+    Ok(all)
+}
+
+/// A hand-off's outcome, logged; the successor if it took over.
+fn restarted(signal: Signal, r: Result<Successor, HandOffError>) -> Option<Successor> {
+    match r {
+        Ok(s) => {
+            tracing::info!(target: "teleport::grace", ?signal, successor = s.pid,
+                "successor ready; stopping gracefully");
+            Some(s)
+        }
+        Err(e) => {
+            tracing::error!(target: "teleport::grace", ?signal, error = %e,
+                "restart failed; serving on");
+            None
+        }
     }
 }
 

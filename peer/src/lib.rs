@@ -26,6 +26,8 @@ mod driver;
 #[cfg(unix)]
 pub mod grace;
 mod handler;
+#[cfg(unix)]
+pub mod handoff;
 #[doc(hidden)] // shown under `adapter`
 pub mod net;
 mod options;

@@ -196,7 +196,14 @@ pub fn accepted_tcp(sock: socket2::SockRef<'_>) -> io::Result<()> {
 /// does), the configured buffer sizes and family options (set before
 /// `listen`: see [`set_buffer_sizes`]) and a [`LISTEN_BACKLOG`] accept
 /// queue.
+///
+/// A socket passed in for this listener (systemd, a predecessor's
+/// hand-off: see [`crate::handoff`]) is served instead, as it is.
 pub fn bind_tcp(cfg: &PeerConfig, addrs: &[SocketAddr]) -> io::Result<std::net::TcpListener> {
+    #[cfg(unix)]
+    if let Some(sock) = crate::handoff::take_listener(cfg.network, &cfg.listen_address, addrs)? {
+        return Ok(sock.into());
+    }
     let mut last = None;
     for addr in addrs {
         let bound = new_socket(
@@ -256,6 +263,21 @@ pub fn clear_stale_unix_socket(path: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// A non-blocking unix stream listener at the configured path (a stale
+/// socket file of an earlier run is removed first), or the socket passed
+/// in for it (see [`crate::handoff`]).
+#[cfg(unix)]
+pub fn bind_unix(cfg: &PeerConfig) -> io::Result<std::os::unix::net::UnixListener> {
+    let path = &cfg.listen_address;
+    if let Some(sock) = crate::handoff::take_listener(cfg.network, path, &[])? {
+        return Ok(sock.into());
+    }
+    clear_stale_unix_socket(path)?;
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
 /// The largest message a seqpacket connection sends: what every reader
 /// reads at once ([`READ_CHUNK`]).
 ///
@@ -305,9 +327,15 @@ pub fn connect_seqpacket_blocking(cfg: &PeerConfig, path: &str) -> io::Result<so
 /// A non-blocking `unixpacket` listener at the configured path (a stale
 /// socket file of an earlier run is removed first), with the configured
 /// buffer sizes and a [`LISTEN_BACKLOG`] accept queue.
+///
+/// A socket passed in for this listener is served instead (see
+/// [`crate::handoff`]).
 #[cfg(unix)]
 pub fn bind_seqpacket(cfg: &PeerConfig) -> io::Result<socket2::Socket> {
     let path = &cfg.listen_address;
+    if let Some(sock) = crate::handoff::take_listener(cfg.network, path, &[])? {
+        return Ok(sock);
+    }
     clear_stale_unix_socket(path)?;
     let sock = seqpacket_socket(cfg, true)?;
     sock.bind(&socket2::SockAddr::unix(path)?)?;

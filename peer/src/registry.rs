@@ -178,6 +178,9 @@ pub struct PeerCore {
     tls: PeerTls,
     /// Ids given to sessions with `Session::set_id`.
     names: Mutex<HashMap<String, u64>>,
+    /// The listening sockets (a duplicate of each, named for a hand-off),
+    /// until the shutdown lets them go.
+    listeners: Mutex<Vec<(String, socket2::Socket)>>,
 }
 
 /// The TLS ends of a peer: how its listeners accept and its dials connect,
@@ -226,16 +229,42 @@ impl PeerCore {
             default_proto,
             tls,
             names: Mutex::new(HashMap::new()),
+            listeners: Mutex::new(Vec::new()),
         }
     }
 
-    /// Runs the plugins' `after_listen` for a listener bound at `addr`; an
-    /// error keeps the listener from serving.
-    pub fn after_listen(&self, addr: &PeerAddr) -> std::io::Result<()> {
+    /// Runs the plugins' `after_listen` for a listener bound at `addr`
+    /// (`cfg`'s network and listen address, `socket` the listening one); an
+    /// error keeps the listener from serving. The socket is kept (a
+    /// duplicate) until the shutdown, for a hand-off to a successor
+    /// ([`PeerCore::listening_sockets`]).
+    pub fn after_listen(
+        &self,
+        addr: &PeerAddr,
+        cfg: &PeerConfig,
+        socket: socket2::SockRef<'_>,
+    ) -> std::io::Result<()> {
         self.shared
             .plugins
             .after_listen(&addr.to_string())
-            .map_err(|e| std::io::Error::other(format!("a plugin refused to listen: {e}")))
+            .map_err(|e| std::io::Error::other(format!("a plugin refused to listen: {e}")))?;
+        let name = crate::addr::listener_name(cfg.network, &cfg.listen_address);
+        let dup = socket.try_clone()?;
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name, dup));
+        Ok(())
+    }
+
+    /// A duplicate of each listening socket, named for the listener (its
+    /// network and configured address): what a hand-off passes on. Empty
+    /// once the shutdown began.
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<(String, socket2::Socket)>> {
+        let l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        l.iter()
+            .map(|(name, s)| Ok((name.clone(), s.try_clone()?)))
+            .collect()
     }
 
     /// The peer's TLS ends (set in code or from the config).
@@ -459,9 +488,15 @@ impl PeerCore {
             .unwrap_or_else(|e| e.into_inner()) = Some(deadline);
         self.shutting_down.store(true, Ordering::Release);
         self.shutdown.send_replace(true);
+        // Kept open, a listening socket would take connections that no one
+        // accepts (a successor has its own copies).
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let sessions = self.sessions();
         for s in &sessions {
-            s.close_by(deadline);
+            s.go_away(deadline);
         }
         self.draining.store(true, Ordering::Release);
         sessions.len()

@@ -73,6 +73,13 @@ pub enum Command {
         /// Fired once the session has ended, if someone waits for it.
         done: Option<oneshot::Sender<()>>,
     },
+    /// Close gracefully by `deadline`, telling the peer to move first (a
+    /// session we accepted; see [`teleport_core::GOING_AWAY_URI`]): a
+    /// peer's shutdown does this.
+    GoAway {
+        /// When what still runs is cut.
+        deadline: Instant,
+    },
 }
 
 pub(crate) struct SessionInner {
@@ -248,6 +255,15 @@ impl Session {
         });
     }
 
+    /// Starts a graceful close by `deadline` that first tells the peer to
+    /// move (the going-away notice, on a session we accepted; see
+    /// [`teleport_core::GOING_AWAY_URI`]): the peer's calls are served
+    /// until it stops making them. A peer's shutdown does this to every
+    /// session.
+    pub fn go_away(&self, deadline: Instant) {
+        let _ = self.send(Command::GoAway { deadline });
+    }
+
     /// Whether the session has ended for good (true from the moment
     /// [`Session::closed`] resolves).
     pub fn is_closed(&self) -> bool {
@@ -280,7 +296,9 @@ impl Session {
 
     fn send(&self, mut cmd: Command) -> Result<(), Rerror> {
         match &cmd {
-            Command::Close { .. } => self.0.closing.store(true, Ordering::Release),
+            Command::Close { .. } | Command::GoAway { .. } => {
+                self.0.closing.store(true, Ordering::Release)
+            }
             _ => {
                 if let Some(direct) = self.0.direct.get() {
                     // Not past calls still queued for the owner: calls are

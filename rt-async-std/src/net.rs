@@ -104,8 +104,7 @@ pub(crate) async fn accept_tcp(
 /// earlier run is removed first).
 #[cfg(unix)]
 pub(crate) fn bind_unix_listener(cfg: &PeerConfig) -> io::Result<Async<UnixListener>> {
-    teleport_peer::net::clear_stale_unix_socket(&cfg.listen_address)?;
-    Async::<UnixListener>::bind(&cfg.listen_address)
+    Async::new(teleport_peer::net::bind_unix(cfg)?)
 }
 
 /// Accepts one unix connection on the listener at `path`.

@@ -300,7 +300,7 @@ impl Peer {
                 let l = Arc::new(net::bind_tcp_listener(&cfg).await?);
                 let addr = PeerAddr::Tcp(l.get_ref().local_addr()?);
                 let cfg = Arc::new(cfg);
-                self.core.after_listen(&addr)?;
+                self.core.after_listen(&addr, &cfg, (&*l).into())?;
                 self.serve_listener(addr.clone(), proto, tls, move || {
                     let (l, cfg) = (l.clone(), cfg.clone());
                     Box::pin(async move { net::accept_tcp(&l, &cfg).await })
@@ -312,7 +312,7 @@ impl Peer {
                 let l = Arc::new(net::bind_unix_listener(&cfg)?);
                 let addr = PeerAddr::Unix(cfg.listen_address.clone());
                 let cfg = Arc::new(cfg);
-                self.core.after_listen(&addr)?;
+                self.core.after_listen(&addr, &cfg, (&*l).into())?;
                 self.serve_listener(addr.clone(), proto, tls, move || {
                     let (l, cfg) = (l.clone(), cfg.clone());
                     Box::pin(async move { net::accept_unix(&l, &cfg.listen_address, &cfg).await })
@@ -324,7 +324,7 @@ impl Peer {
                 let l = Arc::new(net::bind_unixpacket_listener(&cfg)?);
                 let addr = PeerAddr::Unix(cfg.listen_address.clone());
                 let cfg = Arc::new(cfg);
-                self.core.after_listen(&addr)?;
+                self.core.after_listen(&addr, &cfg, (&*l).into())?;
                 self.serve_listener(addr.clone(), proto, tls, move || {
                     let (l, cfg) = (l.clone(), cfg.clone());
                     Box::pin(
@@ -468,19 +468,25 @@ impl AsRef<Peer> for Peer {
     }
 }
 
-/// The seed's `GraceSignal`: waits for SIGINT or SIGTERM (handled from
+/// The seed's `GraceSignal`: says the process is ready (to a predecessor
+/// and to systemd: [`notify_ready`](teleport_peer::handoff::notify_ready)),
+/// waits for SIGINT or SIGTERM (handled from
 /// [`Grace::listen`](teleport_peer::Grace::listen) on), then runs the
 /// first sweep, shuts every one of `peers` down gracefully at once with
 /// the [`Grace`](teleport_peer::Grace)'s timeout, and runs the last hook.
-/// Returns what happened; the caller's `main` returns after it. On any
+/// SIGHUP or SIGUSR2 first hands the peers' listening sockets to a
+/// successor and stops once it is ready (a graceful restart; see
+/// [`teleport_peer::grace`]). Returns what happened; the caller's `main`
+/// returns after it. On any
 /// executor.
 #[cfg(unix)]
 pub async fn grace_signal<P: AsRef<Peer>>(
     signals: teleport_peer::GraceSignal,
     peers: &[P],
 ) -> teleport_peer::GraceReport {
+    let cores: Vec<_> = peers.iter().map(|p| p.as_ref().core().clone()).collect();
     signals
-        .run(|timeout| {
+        .run(&cores, |timeout| {
             futures_util::future::join_all(peers.iter().map(|p| p.as_ref().shutdown(timeout)))
         })
         .await

@@ -569,33 +569,20 @@ async fn graceful_shutdown_answers_every_pull_in_flight(exec: Executor) {
         "shutdown finished with handlers running"
     );
 
-    // Pulls issued after shutdown began fail, and do not hang, even while
-    // the accepted ones are still held.
-    let mut late: FuturesUnordered<_> = sessions
-        .iter()
-        .flat_map(|s| (0..10u64).map(move |k| (s.clone(), 900_000 + k)))
-        .map(|(s, n)| async move { (n, s.pull::<_, u64>("/work", &n).await) })
-        .collect();
-    guard("late pulls", async {
-        while let Some((n, r)) = late.next().await {
-            match r {
-                Err(e) => assert_eq!(
-                    e.code,
-                    Rerror::CODE_CONN_CLOSED,
-                    "late pull {n}: unexpected error {e}"
-                ),
-                Ok(v) => panic!("late pull {n} succeeded after shutdown began: {v:?}"),
-            }
+    // Pulls issued after shutdown began are not refused on the spot: the
+    // server told its clients to move, so a pull made after the notice
+    // waits for the old connection to drain, then tries the address again
+    // (nobody listens any more: 105). One made before the notice reached
+    // the client is served, gate and all.
+    let mut late = Vec::new();
+    for (i, s) in sessions.iter().enumerate() {
+        for k in 0..10u64 {
+            let n = 900_000 + i as u64 * 1000 + k;
+            let s = s.clone();
+            late.push(spawn(&exec, async move {
+                (n, s.pull::<_, u64>("/work", &n).await)
+            }));
         }
-    })
-    .await;
-    let e = guard("late dial", client.dial(&addr)).await;
-    if let Ok(s) = e {
-        let r = guard("late dial pull", s.pull::<_, u64>("/work", &1)).await;
-        assert!(
-            r.is_err(),
-            "a session dialed after shutdown began was served"
-        );
     }
 
     // Release the handlers; the shutdown completes and every accepted pull
@@ -612,13 +599,37 @@ async fn graceful_shutdown_answers_every_pull_in_flight(exec: Executor) {
         }
     })
     .await;
+    let mut late_served = 0;
+    guard("late pulls", async {
+        for rx in late {
+            let (n, r) = rx.await.expect("late task");
+            match r {
+                Ok(v) => {
+                    assert_eq!(v.value, n + 1, "late pull {n}");
+                    late_served += 1;
+                }
+                // 105: the move found nobody listening; 102: made once
+                // the session was over after that.
+                Err(e) => assert!(
+                    e.code == Rerror::CODE_DIAL_FAILED || e.code == Rerror::CODE_CONN_CLOSED,
+                    "late pull {n}: unexpected error {e}"
+                ),
+            }
+        }
+    })
+    .await;
+    let e = guard("late dial", client.dial(&addr)).await;
+    if let Ok(s) = e {
+        let r = guard("late dial pull", s.pull::<_, u64>("/work", &1)).await;
+        assert!(r.is_err(), "a session dialed after shutdown was served");
+    }
     let started = started.lock().unwrap().clone();
     assert_eq!(
         started.len(),
-        TOTAL,
-        "only accepted pulls reached a handler"
+        TOTAL + late_served,
+        "only the pulls served reached a handler"
     );
-    for n in &started {
+    for n in started.iter().filter(|n| **n < 900_000) {
         match results.get(n) {
             Some(Ok(r)) => assert_eq!(r.value, n + 1),
             other => panic!("pull {n} was accepted but got {other:?}"),

@@ -11,9 +11,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
 use teleport_peer::adapter::PeerCore;
-#[cfg(unix)]
-use teleport_peer::net::{clear_stale_unix_socket, set_buffer_sizes, SeqPacket};
 use teleport_peer::net::{connect_tcp_blocking, fit_family};
+#[cfg(unix)]
+use teleport_peer::net::{set_buffer_sizes, SeqPacket};
 use teleport_peer::{DialError, Network, PeerAddr, PeerConfig};
 
 /// A connection the poll loop can run a session over, besides its own TCP
@@ -456,6 +456,17 @@ delegate_source!(Listener, Tcp, Unix, Packet);
 delegate_source!(Listener, Tcp);
 
 impl Listener {
+    /// The listening socket.
+    pub(crate) fn socket(&self) -> socket2::SockRef<'_> {
+        match self {
+            Listener::Tcp(l) => l.into(),
+            #[cfg(unix)]
+            Listener::Unix(l, _) => l.into(),
+            #[cfg(unix)]
+            Listener::Packet(l, _) => (&l.0).into(),
+        }
+    }
+
     /// Binds the configured listen address (or `address`).
     pub(crate) fn bind(cfg: &PeerConfig) -> io::Result<Listener> {
         match cfg.network {
@@ -467,8 +478,8 @@ impl Listener {
             #[cfg(unix)]
             Network::Unix => {
                 let path = cfg.listen_address.clone();
-                clear_stale_unix_socket(&path)?;
-                Ok(Listener::Unix(mio::net::UnixListener::bind(&path)?, path))
+                let l = teleport_peer::net::bind_unix(cfg)?;
+                Ok(Listener::Unix(mio::net::UnixListener::from_std(l), path))
             }
             #[cfg(unix)]
             Network::Unixpacket => {

@@ -178,7 +178,7 @@ impl Peer {
         }
         let listener = Listener::bind(&cfg)?;
         let addr = listener.local_addr()?;
-        self.0.core.after_listen(&addr)?;
+        self.0.core.after_listen(&addr, &cfg, listener.socket())?;
         tracing::info!(target: "teleport::mio", %addr, "listening");
         self.0
             .shared
@@ -264,19 +264,24 @@ impl AsRef<Peer> for Peer {
     }
 }
 
-/// The seed's `GraceSignal`, blocking this thread: waits for SIGINT or
-/// SIGTERM (handled from [`Grace::listen`](teleport_peer::Grace::listen)
-/// on), then runs the first sweep, shuts every one of `peers` down
-/// gracefully at once (a thread each, all with the
-/// [`Grace`](teleport_peer::Grace)'s timeout), and runs the last hook.
-/// Returns what happened; the caller's `main` returns after it. Not to be
-/// called from a handler.
+/// The seed's `GraceSignal`, blocking this thread: says the process is
+/// ready (to a predecessor and to systemd:
+/// [`notify_ready`](teleport_peer::handoff::notify_ready)), waits for
+/// SIGINT or SIGTERM (handled from
+/// [`Grace::listen`](teleport_peer::Grace::listen) on), then runs the
+/// first sweep, shuts every one of `peers` down gracefully at once (a
+/// thread each, all with the [`Grace`](teleport_peer::Grace)'s timeout),
+/// and runs the last hook. SIGHUP or SIGUSR2 first hands the peers'
+/// listening sockets to a successor and stops once it is ready (a
+/// graceful restart; see [`teleport_peer::grace`]). Returns what happened;
+/// the caller's `main` returns after it. Not to be called from a handler.
 #[cfg(unix)]
 pub fn grace_signal<P: AsRef<Peer>>(
     signals: teleport_peer::GraceSignal,
     peers: &[P],
 ) -> teleport_peer::GraceReport {
-    signals.run_blocking(|timeout| {
+    let cores: Vec<_> = peers.iter().map(|p| p.as_ref().core().clone()).collect();
+    signals.run_blocking(&cores, |timeout| {
         std::thread::scope(|s| {
             let stops: Vec<_> = peers
                 .iter()

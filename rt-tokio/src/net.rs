@@ -14,9 +14,7 @@ use std::task::{ready, Context, Poll};
 
 use teleport_peer::net::{accepted_tcp, bind_tcp, fit_family, tcp_socket};
 #[cfg(unix)]
-use teleport_peer::net::{
-    clear_stale_unix_socket, set_buffer_sizes, SeqPacketRead, SeqPacketWrite,
-};
+use teleport_peer::net::{set_buffer_sizes, SeqPacketRead, SeqPacketWrite};
 use teleport_peer::{Network, PeerAddr, PeerConfig};
 #[cfg(unix)]
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -91,8 +89,7 @@ pub(crate) async fn accept_tcp(
 /// earlier run is removed first).
 #[cfg(unix)]
 pub(crate) fn bind_unix_listener(cfg: &PeerConfig) -> io::Result<UnixListener> {
-    clear_stale_unix_socket(&cfg.listen_address)?;
-    UnixListener::bind(&cfg.listen_address)
+    UnixListener::from_std(teleport_peer::net::bind_unix(cfg)?)
 }
 
 /// Accepts one unix connection on the listener at `path`.
@@ -335,6 +332,13 @@ pub(crate) async fn connect_unixpacket(
 /// whose accept works on any unix socket type).
 #[cfg(unix)]
 pub(crate) struct UnixPacketListener(UnixListener);
+
+#[cfg(unix)]
+impl std::os::fd::AsFd for UnixPacketListener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
 
 /// A `unixpacket` listener at the configured path (a stale socket file of
 /// an earlier run is removed first).

@@ -269,7 +269,7 @@ impl Peer {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
                 let l = net::bind_tcp_listener(&cfg).await?;
                 let addr = PeerAddr::Tcp(l.local_addr()?);
-                self.0.after_listen(&addr)?;
+                self.0.after_listen(&addr, &cfg, (&l).into())?;
                 tracing::info!(target: "teleport::tokio", %addr, "listening");
                 tokio::spawn(async move {
                     loop {
@@ -287,7 +287,7 @@ impl Peer {
                 let l = net::bind_unix_listener(&cfg)?;
                 let path = cfg.listen_address.clone();
                 let addr = PeerAddr::Unix(path.clone());
-                self.0.after_listen(&addr)?;
+                self.0.after_listen(&addr, &cfg, (&l).into())?;
                 tracing::info!(target: "teleport::tokio", %addr, "listening");
                 tokio::spawn(async move {
                     loop {
@@ -307,7 +307,7 @@ impl Peer {
                 let l = net::bind_unixpacket_listener(&cfg)?;
                 let path = cfg.listen_address.clone();
                 let addr = PeerAddr::Unix(path.clone());
-                self.0.after_listen(&addr)?;
+                self.0.after_listen(&addr, &cfg, (&l).into())?;
                 tracing::info!(target: "teleport::tokio", %addr, "listening");
                 tokio::spawn(async move {
                     loop {
@@ -418,11 +418,16 @@ impl AsRef<Peer> for Peer {
     }
 }
 
-/// The seed's `GraceSignal`: waits for SIGINT or SIGTERM (handled from
+/// The seed's `GraceSignal`: says the process is ready (to a predecessor
+/// and to systemd: [`notify_ready`](teleport_peer::handoff::notify_ready)),
+/// waits for SIGINT or SIGTERM (handled from
 /// [`Grace::listen`](teleport_peer::Grace::listen) on), then runs the
 /// first sweep, shuts every one of `peers` down gracefully at once with
 /// the [`Grace`](teleport_peer::Grace)'s timeout, and runs the last hook.
-/// Returns what happened; the caller's `main` returns after it.
+/// SIGHUP or SIGUSR2 first hands the peers' listening sockets to a
+/// successor and stops once it is ready (a graceful restart; see
+/// [`teleport_peer::grace`]). Returns what happened; the caller's `main`
+/// returns after it.
 ///
 /// ```no_run
 /// # async fn demo() -> std::io::Result<()> {
@@ -443,8 +448,9 @@ pub async fn grace_signal<P: AsRef<Peer>>(
     signals: teleport_peer::GraceSignal,
     peers: &[P],
 ) -> teleport_peer::GraceReport {
+    let cores: Vec<_> = peers.iter().map(|p| p.as_ref().core().clone()).collect();
     signals
-        .run(|timeout| {
+        .run(&cores, |timeout| {
             futures_util::future::join_all(peers.iter().map(|p| p.as_ref().shutdown(timeout)))
         })
         .await

@@ -663,8 +663,11 @@ async fn graceful_shutdown_under_load_answers_every_accepted_pull() {
         "shutdown finished with handlers running"
     );
 
-    // Pulls issued after shutdown began fail, and do not hang, even while
-    // the accepted ones are still held.
+    // Pulls issued after shutdown began are not refused on the spot: the
+    // server told its clients to move, so a pull made after the notice
+    // waits for the old connection to drain, then tries the address again
+    // (nobody listens any more: 105). One made before the notice reached
+    // the client is served, gate and all.
     let mut late = JoinSet::new();
     for (i, s) in sessions.iter().enumerate() {
         for k in 0..10u64 {
@@ -684,19 +687,6 @@ async fn graceful_shutdown_under_load_answers_every_accepted_pull() {
             }
         });
     }
-    guard("late pulls", async {
-        while let Some(r) = late.join_next().await {
-            let (n, r) = r.expect("late task");
-            match r {
-                Err(e) => assert!(
-                    e.code == Rerror::CODE_CONN_CLOSED || e.code == Rerror::CODE_DIAL_FAILED,
-                    "late pull {n}: unexpected error {e}"
-                ),
-                Ok(v) => panic!("late pull {n} succeeded after shutdown began: {v:?}"),
-            }
-        }
-    })
-    .await;
 
     // Release the handlers; the shutdown completes and every accepted pull
     // got its reply.
@@ -712,13 +702,36 @@ async fn graceful_shutdown_under_load_answers_every_accepted_pull() {
         }
     })
     .await;
+    let mut late_served = 0;
+    guard("late pulls", async {
+        while let Some(r) = late.join_next().await {
+            let (n, r) = r.expect("late task");
+            match r {
+                Ok(v) => {
+                    assert_eq!(v.value, n + 1, "late pull {n}");
+                    late_served += 1;
+                }
+                Err(e) if n == 999_999 => assert!(
+                    e.code == Rerror::CODE_CONN_CLOSED || e.code == Rerror::CODE_DIAL_FAILED,
+                    "late dial: unexpected error {e}"
+                ),
+                // 105: the move found nobody listening; 102: made once
+                // the session was over after that.
+                Err(e) => assert!(
+                    e.code == Rerror::CODE_DIAL_FAILED || e.code == Rerror::CODE_CONN_CLOSED,
+                    "late pull {n}: unexpected error {e}"
+                ),
+            }
+        }
+    })
+    .await;
     let started = started.lock().unwrap().clone();
     assert_eq!(
         started.len(),
-        TOTAL,
-        "only the accepted pulls reached a handler"
+        TOTAL + late_served,
+        "only the pulls served reached a handler"
     );
-    for n in &started {
+    for n in started.iter().filter(|n| **n < 900_000) {
         match results.get(n) {
             Some(Ok(r)) => assert_eq!(r.value, n + 1),
             other => panic!("pull {n} was accepted but got {other:?}"),

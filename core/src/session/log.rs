@@ -158,7 +158,7 @@ pub(super) fn pull_done(
 
 pub(super) fn closed(session: u64, reason: &CloseReason) {
     match reason {
-        CloseReason::Local | CloseReason::PeerClosed => {
+        CloseReason::Local | CloseReason::PeerClosed | CloseReason::GoingAway => {
             tracing::debug!(target: "teleport::session", session, ?reason, "session closed")
         }
         _ => tracing::warn!(target: "teleport::session", session, ?reason, "session closed"),

@@ -205,6 +205,16 @@ pub const WRITE_ERROR_GRACE: Duration = Duration::from_millis(500);
 /// The default bound on the bytes of the peer's pulls held at once: 32 MiB.
 pub const DEFAULT_MAX_INCOMING_BYTES: usize = 32 << 20;
 
+/// The reserved route of the "going away" notice: an ordinary push, with
+/// an empty body, that a peer shutting down or restarting sends on each
+/// session it accepted ([`Session::go_away`]). A dialing session that gets
+/// it makes no new call on this connection: its pending calls finish,
+/// then it ends ([`CloseReason::GoingAway`]) and its owner dials the same
+/// address again, where new calls go. A peer that does not know the route
+/// (Go teleport) drops the push, as it drops any push with no handler,
+/// and sees its session closed at the end of the drain.
+pub const GOING_AWAY_URI: &str = "/teleport/going_away";
+
 /// What every session of one peer shares: routes, plugins, codecs,
 /// filters and settings.
 #[derive(Debug)]
@@ -288,6 +298,10 @@ pub enum CloseReason {
     FrameTimeout(Duration),
     /// A plugin closed the session.
     Plugin(Rerror),
+    /// The peer said it is going away ([`GOING_AWAY_URI`]: it is shutting
+    /// down or restarting); our calls on this connection were over, and a
+    /// dialed session carries on over a new one.
+    GoingAway,
 }
 
 impl CloseReason {
@@ -303,6 +317,9 @@ impl CloseReason {
             CloseReason::Idle(d) => format!("idle for {d:?}"),
             CloseReason::FrameTimeout(d) => format!("a frame took over {d:?} to arrive"),
             CloseReason::Plugin(e) => format!("closed by plugin: {e}"),
+            CloseReason::GoingAway => {
+                "the peer went away (shutting down or restarting)".to_string()
+            }
         };
         Rerror::conn_closed().with_detail(detail)
     }
@@ -505,6 +522,11 @@ pub struct Session<H, T, P: Proto = FastProto> {
     /// Why a graceful close that is under way will end (a half-close ends
     /// as `PeerClosed`, a requested close as `Local`).
     closing_reason: Option<CloseReason>,
+    /// We told the peer we are going away ([`Session::go_away`]): its
+    /// calls are still served until its input ends (or the deadline).
+    notice_sent: bool,
+    /// The peer told us it is going away: no new call is made here.
+    moving: bool,
     /// Why the session ended, once it has: refusals say so.
     closed_reason: Option<CloseReason>,
     /// Writing failed: the error, and until when what the peer sent before
@@ -555,6 +577,8 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             processing: false,
             rx_held: false,
             closing_reason: None,
+            notice_sent: false,
+            moving: false,
             closed_reason: None,
             write_failed: None,
             wakes: vec![None; n],
@@ -1068,6 +1092,55 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         self.observe(now);
     }
 
+    /// Starts a graceful close in which the peer is told to move: on a
+    /// session we accepted, the [`GOING_AWAY_URI`] notice goes out, and the
+    /// peer's calls are still served (not refused, as [`Session::close`]
+    /// does) until the peer ends its input, which a peer that moves does
+    /// once its own calls here are over; our pending calls and handlers
+    /// finish as in any close. What is still running at `deadline` ends
+    /// it: each pull we were still handling gets an error reply saying so.
+    /// A peer that never ends its input (one that does not know the
+    /// notice) is closed at `deadline`, cleanly if nothing was running. On
+    /// a dialed session (the peer does not redial us) this is
+    /// [`Session::close_by`].
+    pub fn go_away(&mut self, now: Instant, deadline: Instant) {
+        if self.state == State::Open && self.role == Role::Acceptor {
+            let mut notice = Packet::new(PacketType::PUSH, Seq(0), GOING_AWAY_URI);
+            notice.body_codec = self.shared.config.default_codec;
+            match self.push_inner(now, notice, true) {
+                Ok(_) => self.notice_sent = true,
+                Err(e) => {
+                    tracing::debug!(target: "teleport::session", session = self.id, error = %e,
+                        "going-away notice not sent; closing as usual")
+                }
+            }
+        }
+        self.close_by(now, deadline);
+    }
+
+    /// Whether the peer told us it is going away: calls made now belong on
+    /// the next connection (the session's owner keeps them for it).
+    pub fn is_moving(&self) -> bool {
+        self.moving
+    }
+
+    /// The peer's going-away notice: a dialed session stops making calls
+    /// here and ends once those it has made are over.
+    fn start_moving(&mut self, now: Instant) {
+        if self.state != State::Open || self.role != Role::Dialer {
+            return;
+        }
+        self.moving = true;
+        let timeout = self.shared.config.close_timeout;
+        self.state = State::Closing {
+            deadline: now.checked_add(timeout).unwrap_or(now),
+        };
+        self.closing_reason = Some(CloseReason::GoingAway);
+        tracing::info!(target: "teleport::session", session = self.id, pending = self.pending.len(),
+            "the peer is going away; new calls wait for the next connection");
+        self.check_drained(now);
+    }
+
     // ---- input ---------------------------------------------------------
 
     /// Feeds bytes read from the connection. Complete frames are handled at
@@ -1303,7 +1376,9 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
             return;
         }
         let routed = header.and_then(|()| {
-            if let State::Closing { .. } = self.state {
+            // After our going-away notice the peer's calls are still
+            // served: it may have sent them before it read the notice.
+            if matches!(self.state, State::Closing { .. }) && !self.notice_sent {
                 return Err(Rerror::conn_closed().with_detail("session is closing"));
             }
             let path = decode_path(p.uri.path()).map_err(Rerror::bad_packet)?;
@@ -1354,6 +1429,10 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
     }
 
     fn on_push(&mut self, now: Instant, mut p: Packet, header: Result<(), Rerror>) {
+        if header.is_ok() && p.uri.path() == GOING_AWAY_URI.as_bytes() {
+            self.start_moving(now);
+            return;
+        }
         let routed = header.and_then(|()| {
             let path = decode_path(p.uri.path()).map_err(Rerror::bad_packet)?;
             self.shared
@@ -1569,11 +1648,18 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         self.check_drained(now);
         if let State::Closing { deadline } = self.state {
             if deadline <= now {
-                let reason = CloseReason::DrainTimeout {
-                    pulls: self.pending.len(),
-                    handlers: self.incoming.len(),
-                };
-                self.abort(now, reason);
+                if self.pending.is_empty() && self.incoming.is_empty() {
+                    // Only the peer's end of input was awaited (after a
+                    // going-away notice): nothing was cut.
+                    self.finish(now, CloseReason::Local);
+                } else {
+                    let reason = CloseReason::DrainTimeout {
+                        pulls: self.pending.len(),
+                        handlers: self.incoming.len(),
+                    };
+                    self.answer_cut_pulls(now);
+                    self.abort(now, reason);
+                }
             }
         }
         self.observe(now);
@@ -1617,10 +1703,34 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
 
     fn check_drained(&mut self, now: Instant) {
         if let State::Closing { .. } = self.state {
-            if self.pending.is_empty() && self.incoming.is_empty() {
+            // After a going-away notice, the peer ending its input says it
+            // sends nothing more: until then a pull of its may be on its way.
+            let peer_done = !self.notice_sent || self.input_ended;
+            if self.pending.is_empty() && self.incoming.is_empty() && peer_done {
                 let reason = self.closing_reason.take().unwrap_or(CloseReason::Local);
                 self.finish(now, reason);
             }
+        }
+    }
+
+    /// At a close's deadline: each of the peer's pulls still being handled
+    /// gets an error reply saying it was cut (its handler's reply, if it
+    /// ever comes, is dropped), so its caller learns why at once rather
+    /// than from the connection's end.
+    fn answer_cut_pulls(&mut self, now: Instant) {
+        if self.write_failed.is_some() {
+            return;
+        }
+        let mut seqs: Vec<u64> = self.incoming.keys().copied().collect();
+        seqs.sort_unstable();
+        for seq in seqs {
+            let Some(inc) = self.incoming.remove(&seq) else {
+                continue;
+            };
+            self.incoming_bytes -= inc.bytes;
+            let e = Rerror::conn_closed()
+                .with_detail("the peer shut down before its handler finished (close deadline)");
+            let _ = self.send_reply(now, Seq(seq), inc, Err(e));
         }
     }
 

@@ -4,7 +4,7 @@
 //! ```text
 //! tp-serve --runtime tokio|async-std|smol|mio [--network tcp|unix]
 //!          [--listen ADDR] [--config TOML | --config-file PATH]
-//!          [--shutdown-timeout 10s] [--workers 64]
+//!          [--shutdown-timeout 10s] [--workers 64] [--signals]
 //! ```
 //!
 //! It prints `LISTENING <addr>` on stdout once bound (or `ERROR <kind>
@@ -12,6 +12,12 @@
 //! stderr, and on end of stdin shuts down gracefully within
 //! `--shutdown-timeout`, prints `SHUTDOWN sessions=.. cancelled=..
 //! handlers_abandoned=.. pulls_abandoned=..` and exits 0.
+//!
+//! With `--signals` it stops on SIGTERM or SIGINT instead, and restarts on
+//! SIGHUP (the library's `grace_signal`: a successor, this program again,
+//! takes its listening socket over). It prints `PID <pid>` after
+//! `LISTENING`, and `STOPPED signal=<signal> successor=<pid or ->` after
+//! `SHUTDOWN`. A successor writes to the same stdout.
 //!
 //! Routes, the same on every runtime:
 //! - `/echo/string`, `/echo/json`, `/echo/proto`: the argument back (a
@@ -64,6 +70,13 @@ struct Args {
     /// Handler threads of the mio peer (its `/slow` handler sleeps on one).
     #[arg(long, default_value_t = 64)]
     workers: usize,
+    /// Stop on SIGTERM/SIGINT and restart on SIGHUP, not at end of stdin.
+    #[arg(long)]
+    signals: bool,
+    /// With `--signals`: the program a restart starts (default: this one,
+    /// with the same arguments).
+    #[arg(long)]
+    successor: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -78,6 +91,7 @@ enum Runtime {
 enum Net {
     Tcp,
     Unix,
+    Unixpacket,
 }
 
 /// The protobuf message `/echo/proto` takes and gives back.
@@ -216,6 +230,7 @@ fn load_config(args: &Args) -> Result<PeerConfig, String> {
     match args.network {
         Some(Net::Tcp) => cfg.network = Network::Tcp,
         Some(Net::Unix) => cfg.network = Network::Unix,
+        Some(Net::Unixpacket) => cfg.network = Network::Unixpacket,
         None => {}
     }
     if let Some(l) = &args.listen {
@@ -233,7 +248,34 @@ fn fail(kind: std::io::ErrorKind, what: &str) -> ExitCode {
 
 fn announce(addr: &PeerAddr) {
     println!("LISTENING {}", addr.dial_string());
+    println!("PID {}", std::process::id());
     let _ = std::io::stdout().flush();
+}
+
+/// The signal handlers, installed before the listener is announced (a
+/// signal sent right after it is not lost).
+fn grace(args: &Args) -> std::io::Result<Option<teleport_peer::GraceSignal>> {
+    if !args.signals {
+        return Ok(None);
+    }
+    let mut how = teleport_peer::handoff::HandOff::default().ready_timeout(Duration::from_secs(10));
+    if let Some(p) = &args.successor {
+        how = how.program(p);
+    }
+    teleport_peer::Grace::new(args.shutdown_timeout)
+        .restart_with(how)
+        .listen()
+        .map(Some)
+}
+
+fn stopped(r: teleport_peer::GraceReport) -> ExitCode {
+    for p in r.peers {
+        report(p);
+    }
+    let successor = r.successor.map_or("-".to_string(), |p| p.to_string());
+    println!("STOPPED signal={:?} successor={successor}", r.signal);
+    let _ = std::io::stdout().flush();
+    ExitCode::SUCCESS
 }
 
 /// Blocks until stdin ends (the parent closed it, or died).
@@ -285,6 +327,10 @@ fn main() -> ExitCode {
         Err(e) => return fail(std::io::ErrorKind::InvalidInput, &e),
     };
     let timeout = args.shutdown_timeout;
+    let signals = match grace(&args) {
+        Ok(s) => s,
+        Err(e) => return fail(e.kind(), &format!("signals: {e}")),
+    };
     let b = builder(cfg, args.runtime);
     match args.runtime {
         Runtime::Tokio => {
@@ -304,6 +350,9 @@ fn main() -> ExitCode {
                 Ok(a) => announce(&a),
                 Err(e) => return fail(e.kind(), &format!("bind: {e}")),
             }
+            if let Some(signals) = signals {
+                return stopped(rt.block_on(teleport_tokio::grace_signal(signals, &[&peer])));
+            }
             wait_for_stdin_eof();
             report(rt.block_on(peer.shutdown(timeout)))
         }
@@ -322,6 +371,10 @@ fn main() -> ExitCode {
                 Ok(a) => announce(&a),
                 Err(e) => return fail(e.kind(), &format!("bind: {e}")),
             }
+            if let Some(signals) = signals {
+                let r = block_on_io(smol, teleport_async_std::grace_signal(signals, &[&peer]));
+                return stopped(r);
+            }
             wait_for_stdin_eof();
             let r = block_on_io(smol, peer.shutdown(timeout));
             report(r)
@@ -334,6 +387,9 @@ fn main() -> ExitCode {
             match peer.spawn_listener() {
                 Ok(a) => announce(&a),
                 Err(e) => return fail(e.kind(), &format!("bind: {e}")),
+            }
+            if let Some(signals) = signals {
+                return stopped(teleport_mio::grace_signal(signals, &[&peer]));
             }
             wait_for_stdin_eof();
             report(peer.shutdown(timeout))

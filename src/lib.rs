@@ -369,6 +369,8 @@
 //!   machine), for custom protos and tools.
 //! - [`adapter`]: the machinery runtime adapters are built from, for
 //!   writing one.
+//! - `metrics` (feature `metrics`): Prometheus metrics of a peer, and an
+//!   opt-in scrape endpoint.
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -419,6 +421,15 @@ pub use teleport_peer::adapter;
 /// TLS under sessions (feature `tls`): rustls with the ring provider.
 #[cfg(feature = "tls")]
 pub use teleport_peer::tls;
+
+/// Prometheus metrics (feature `metrics`): the [`Metrics`](metrics::Metrics)
+/// plugin counts a peer's calls (per route and direction), errors by code,
+/// bytes, open sessions, pulls in flight and redials, and times its pulls;
+/// [`Metrics::encode`](metrics::Metrics::encode) gives the text format and
+/// [`Metrics::serve`](metrics::Metrics::serve) an HTTP endpoint on a thread
+/// of its own, for every runtime. Nothing listens unless `serve` is called.
+#[cfg(feature = "metrics")]
+pub use teleport_metrics as metrics;
 
 /// Arguments checked before the handler runs (feature `validate`).
 #[cfg(feature = "validate")]

@@ -385,7 +385,7 @@ fn restarts_under_load_lose_no_pull_and_refuse_no_dial_on_every_runtime() {
 
 #[test]
 fn restarts_hand_over_unix_and_unixpacket_listeners() {
-    for runtime in ["tokio", "mio"] {
+    for runtime in ["tokio", "async-std", "smol", "mio"] {
         for net in [Network::Unix, Network::Unixpacket] {
             restart_under_load(runtime, net, 10, 2);
         }

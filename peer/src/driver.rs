@@ -139,8 +139,8 @@ impl Driver {
     }
 
     /// A core session for a new connection, with `backlog` (commands that
-    /// waited for a re-dial) carried out, and closing at once if the peer
-    /// is shutting down.
+    /// waited for a re-dial) carried out, and going away at once if the
+    /// peer is shutting down.
     pub fn open(&mut self, now: Instant, backlog: &mut Vec<Command>) -> CoreSession {
         let id = self.session.id();
         let shared = self.session.shared().clone();
@@ -154,8 +154,11 @@ impl Driver {
         for cmd in backlog.drain(..) {
             self.on_command(&mut core, cmd, now);
         }
+        // A connection accepted as the shutdown began (its listener had not
+        // seen it yet) is told to move on at once, as the others were: what
+        // its peer sends before it reads the notice is still served.
         if self.peer.is_shutting_down() && core.state() == State::Open {
-            core.close_by(now, self.peer.shutdown_deadline().unwrap_or(now));
+            core.go_away(now, self.peer.shutdown_deadline().unwrap_or(now));
         }
         core
     }

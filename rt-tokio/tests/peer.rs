@@ -834,3 +834,68 @@ read_buffer_size: 65536
     let bad: PeerConfig = toml::from_str(r#"default_body_codec = "xml""#).unwrap();
     assert!(Peer::from_builder(PeerBuilder::new(bad)).is_err());
 }
+
+/// A connection that starts once the shutdown began (accepted as the
+/// listener stopped, say) is told to move at once, like the others, and
+/// what its client sent before it read the notice is served, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_started_during_the_shutdown_is_served_and_told_to_move() {
+    use teleport_core::{CloseReason, Role};
+    use teleport_tokio::ServeOptions;
+    test_logs();
+    let (gate_tx, gate_rx) = watch::channel(false);
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
+    let mut b = PeerBuilder::new(PeerConfig::default());
+    b.pull("/echo", |_ctx: PullCtx, s: String| async move {
+        Ok::<_, Rerror>(s)
+    });
+    b.pull("/held", move |_ctx: PullCtx, s: String| {
+        let mut gate = gate_rx.clone();
+        let _ = started_tx.send(());
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+            Ok::<_, Rerror>(s)
+        }
+    });
+    let server = Peer::from_builder(b).unwrap();
+    let client = Peer::new(PeerConfig::default()).unwrap();
+    // A session whose running pull keeps the shutdown from finishing.
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let _first = server.serve_conn(a, ServeOptions::default());
+    let first_client = client.serve_conn(b, ServeOptions::default().role(Role::Dialer));
+    let held = {
+        let s = first_client.clone();
+        tokio::spawn(async move { s.pull::<_, String>("/held", "held").await })
+    };
+    guard("held pull starts", started_rx.recv()).await.unwrap();
+    let shutdown = {
+        let server = server.clone();
+        tokio::spawn(async move { server.shutdown(Duration::from_secs(10)).await })
+    };
+    guard("shutdown begins", async {
+        while !server.core().is_draining() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // The latecomer: its pull is on the wire before the server's session
+    // for it starts.
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let late_client = client.serve_conn(b, ServeOptions::default().role(Role::Dialer));
+    let late = {
+        let s = late_client.clone();
+        tokio::spawn(async move { s.pull::<_, String>("/echo", "late").await })
+    };
+    guard("late pull written", a.readable()).await.unwrap();
+    let _late_server = server.serve_conn(a, ServeOptions::default());
+    let r = guard("late pull", late).await.unwrap();
+    assert_eq!(r.expect("served, not refused").value, "late");
+    assert_eq!(
+        guard("notice", late_client.closed()).await,
+        CloseReason::GoingAway
+    );
+    gate_tx.send(true).unwrap();
+    assert_eq!(guard("held", held).await.unwrap().unwrap().value, "held");
+    let report = guard("shutdown", shutdown).await.unwrap();
+    assert_eq!(report.cancelled, 0);
+}

@@ -37,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tracing_subscriber::registry()
             .with(
                 tracing_subscriber::filter::Targets::new()
-                    .with_target("teleport::call", tracing::Level::INFO),
+                    .with_target("teleport::call", tracing::Level::DEBUG),
             )
             .with(otel),
     )?;

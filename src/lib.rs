@@ -213,8 +213,8 @@
 //!
 //! # Traces
 //!
-//! Every pull and push has a span (target `teleport::call`, INFO) on each
-//! side, with its route, seq, peer, codec, status, duration, direction and
+//! Every pull and push has a span (target `teleport::call`, DEBUG:
+//! `RUST_LOG=info,teleport::call=debug`) on each side, with its route, seq, peer, codec, status, duration, direction and
 //! trace id, and the W3C trace context travels in the `traceparent` meta:
 //! a call that a handler makes while answering another is in the caller's
 //! trace, across peers and runtimes (and through Go peers, which pass meta

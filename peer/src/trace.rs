@@ -5,7 +5,7 @@
 //! # Spans
 //!
 //! Every pull and push gets a span under the target [`SPAN_TARGET`]
-//! (`teleport::call`), at INFO, named `pull` or `push`, with the fields
+//! (`teleport::call`), at DEBUG, named `pull` or `push`, with the fields
 //! `direction` (`client`: we sent it; `server`: we run its handler),
 //! `route` (the URI's path), `seq`, `peer` (the remote address), `codec`,
 //! `trace_id`, and once the call is over `status` (`ok`, or the
@@ -21,13 +21,16 @@
 //!   handler returns). It is entered around every poll of the handler's
 //!   future, and around the call of a plain (mio) handler, on whichever
 //!   thread or task runs it; so the handler's own events and spans are
-//!   inside it.
+//!   inside it. A pull answered without a handler (no route: 404; a
+//!   plugin's refusal) has no server span.
 //!
-//! The span's callsite is disabled when no subscriber wants
-//! `teleport::call` at INFO (no subscriber at all, or a filter such as
-//! `teleport::call=off`): then no span is made, no clock is read and no id
-//! drawn; what is left per call is a thread-local read or swap and a scan
-//! of the meta for `traceparent`.
+//! They are at DEBUG so that a program logging at INFO does not pay for
+//! them: turn them on with a filter such as `teleport::call=debug` (an
+//! OpenTelemetry layer without a filter of its own gets them anyway).
+//! When no subscriber wants them (none at all, or one filtering them
+//! out) no span is made, no clock is read and no id drawn; what is left
+//! per call is a level check, a thread-local read or swap, and a look for
+//! `traceparent` in a non-empty meta.
 //!
 //! # Trace context
 //!
@@ -35,7 +38,7 @@
 //! part of that trace. While its handler runs, [`TraceContext::current`]
 //! is the handler's context (its trace, and the server span's id as the
 //! parent), and every pull and push made from it — through any
-//! [`Session`](crate::Session) of any peer, on that thread or task — carries
+//! [`Session`] of any peer, on that thread or task — carries
 //! a `traceparent` with that trace id and the client span's id. A call made
 //! outside any handler starts a new trace (random ids), when its span is
 //! enabled. A `traceparent` the caller set on a call is sent as it is.
@@ -74,8 +77,8 @@ use crate::session::Session;
 /// The meta key of the W3C trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// The target of the per-call spans: `RUST_LOG=teleport::call=info` shows
-/// them, `teleport::call=off` makes them cost nothing.
+/// The target of the per-call spans (at DEBUG): `RUST_LOG=teleport::call=debug`
+/// turns them on.
 pub const SPAN_TARGET: &str = "teleport::call";
 
 /// The length of a version-00 `traceparent`.
@@ -418,7 +421,7 @@ impl ServerTrace {
     #[inline]
     pub(crate) fn start(kind: Kind, session: &Session, p: &Packet) -> Self {
         let incoming = TraceContext::from_meta(&p.meta);
-        if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+        if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::DEBUG) {
             return ServerTrace {
                 span: Span::none(),
                 cx: incoming,
@@ -435,7 +438,7 @@ impl ServerTrace {
         let (route, codec) = (Route(&p.uri), CodecName(session.codecs(), p.body_codec));
         macro_rules! server_span {
             ($name:literal) => {
-                tracing::info_span!(target: SPAN_TARGET, parent: None, $name,
+                tracing::debug_span!(target: SPAN_TARGET, parent: None, $name,
                     direction = "server", route = %route, seq = p.seq.0, peer = %remote,
                     codec = %codec, trace_id = Empty, status = Empty, error = Empty,
                     duration = Empty, otel.name = Empty, otel.kind = Empty,
@@ -521,7 +524,7 @@ impl ClientTrace {
         codecs: &CodecRegistry,
         p: &mut Packet,
     ) -> Self {
-        if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+        if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::DEBUG) {
             if let Some(cx) = TraceContext::current() {
                 pass_on(cx, p);
             }
@@ -540,7 +543,7 @@ impl ClientTrace {
         let (route, codec) = (Route(&p.uri), CodecName(codecs, p.body_codec));
         macro_rules! client_span {
             ($name:literal) => {
-                tracing::info_span!(target: SPAN_TARGET, $name,
+                tracing::debug_span!(target: SPAN_TARGET, $name,
                     direction = "client", route = %route, seq = Empty, peer = %remote,
                     codec = %codec, trace_id = Empty, status = Empty, error = Empty,
                     duration = Empty, otel.name = Empty, otel.kind = Empty,

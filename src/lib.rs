@@ -211,6 +211,19 @@
 //! it shows how long the call took; a call slower than
 //! `slow_call_threshold` logs a warning.
 //!
+//! # Traces
+//!
+//! Every pull and push has a span (target `teleport::call`, DEBUG:
+//! `RUST_LOG=info,teleport::call=debug`) on each side, with its route, seq, peer, codec, status, duration, direction and
+//! trace id, and the W3C trace context travels in the `traceparent` meta:
+//! a call that a handler makes while answering another is in the caller's
+//! trace, across peers and runtimes (and through Go peers, which pass meta
+//! on). With no subscriber that wants those spans they cost nothing worth
+//! measuring. With the `otel` feature and a `tracing-opentelemetry` layer
+//! the spans are exported to OpenTelemetry in the trace the wire names
+//! (`examples/otel.rs`). [`trace`] has the details; [`TraceContext`] is
+//! the context itself.
+//!
 //! # Shutdown
 //!
 //! [`Peer::shutdown`] stops accepting, closes every session gracefully
@@ -371,6 +384,7 @@
 //!   writing one.
 //! - `metrics` (feature `metrics`): Prometheus metrics of a peer, and an
 //!   opt-in scrape endpoint.
+//! - [`trace`]: per-call spans and the trace context in meta.
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -389,7 +403,7 @@ pub use teleport_peer::{
     Answer, BoxFuture, Broadcast, ConfigError, Controller, DialError, DialOptions, Group,
     IntoReply, ListenOptions, Network, PeerAddr, PeerBuilder, PeerConfig, PeerRef, ProtoFunc,
     PullCtx, PushCtx, Reply, ServeOptions, ShutdownReport, TlsDialSettings, TlsListenSettings,
-    UnknownPullCtx, UnknownPushCtx,
+    TraceContext, UnknownPullCtx, UnknownPushCtx,
 };
 #[cfg(unix)]
 pub use teleport_peer::{Grace, GraceReport, GraceSignal, Signal};
@@ -417,6 +431,10 @@ pub use teleport_core as protocol;
 /// peer's shared core, handler plumbing. For writing an adapter to a new
 /// runtime; programs do not need it.
 pub use teleport_peer::adapter;
+
+/// Per-call spans and the W3C trace context carried in meta; their
+/// OpenTelemetry export with the `otel` feature.
+pub use teleport_peer::trace;
 
 /// TLS under sessions (feature `tls`): rustls with the ring provider.
 #[cfg(feature = "tls")]

@@ -1,5 +1,5 @@
-//! One log prefix: every event our crates emit, at every level, has a
-//! target under `teleport` (`teleport::session`, `teleport::peer`,
+//! One log prefix: every event our crates emit, at every level, and every
+//! span (the per-call spans), has a target under `teleport` (`teleport::session`, `teleport::peer`,
 //! `teleport::tokio`, ...), so `RUST_LOG=teleport=trace` shows them all.
 //! Events are caught by a layer that sees everything, while peers on every
 //! runtime pull, push, meet an unknown route, inflate a large gzip body,
@@ -20,7 +20,8 @@ use teleport_core::{CodecId, Rerror};
 use teleport_peer::{PeerBuilder, PeerConfig, PullCtx, PushCtx};
 use tracing_subscriber::layer::SubscriberExt;
 
-/// `(module path, target)` of every event of ours under another target.
+/// `(module path, target)` of every event or span of ours under another
+/// target.
 static STRAYS: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
 /// Targets of ours seen, to show the layer saw something.
 static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
@@ -29,18 +30,31 @@ struct Targets;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Targets {
     fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let m = e.metadata();
-        let ours = m.module_path().is_some_and(|p| p.starts_with("teleport"));
-        if !ours {
-            return;
-        }
-        let t = m.target();
-        if t == "teleport" || t.starts_with("teleport::") {
-            SEEN.lock().unwrap().insert(t.to_string());
-        } else {
-            let path = m.module_path().unwrap_or_default().to_string();
-            STRAYS.lock().unwrap().insert((path, t.to_string()));
-        }
+        note(e.metadata());
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        note(attrs.metadata());
+    }
+}
+
+/// Notes the target of an event or span.
+fn note(m: &tracing::Metadata<'_>) {
+    let ours = m.module_path().is_some_and(|p| p.starts_with("teleport"));
+    if !ours {
+        return;
+    }
+    let t = m.target();
+    if t == "teleport" || t.starts_with("teleport::") {
+        SEEN.lock().unwrap().insert(t.to_string());
+    } else {
+        let path = m.module_path().unwrap_or_default().to_string();
+        STRAYS.lock().unwrap().insert((path, t.to_string()));
     }
 }
 
@@ -93,7 +107,9 @@ fn every_event_of_ours_is_under_teleport() {
     }
     let seen = SEEN.lock().unwrap().clone();
     assert!(
-        seen.contains("teleport::session") && seen.contains("teleport::peer"),
+        seen.contains("teleport::session")
+            && seen.contains("teleport::peer")
+            && seen.contains("teleport::call"),
         "the layer saw too little: {seen:?}"
     );
     let strays = STRAYS.lock().unwrap().clone();

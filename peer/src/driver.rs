@@ -20,6 +20,7 @@ use crate::direct::{ConnWrite, SharedConn};
 use crate::handler::{BoxFuture, Handler, PullCtx, PullFn, PushCtx, PushFn};
 use crate::registry::{PeerCore, ProtoFunc};
 use crate::session::{Command, DirectPath, Session};
+use crate::trace::{Kind, Outcome, ServerTrace, Traced};
 
 /// What a pull's caller waits on.
 pub type Token = oneshot::Sender<Result<Packet, Rerror>>;
@@ -566,7 +567,8 @@ impl HandlerCall {
     /// Calls the handler and polls its future once, right here: a handler
     /// that does not wait (most) is done without another allocation. One
     /// that waits comes back as a future to run elsewhere, wrapped like
-    /// [`HandlerCall::start`]'s. Panics are caught as there.
+    /// [`HandlerCall::start`]'s. Panics are caught as there. The call and
+    /// every poll are inside the call's span and trace context.
     pub fn run_now(self) -> Result<Done, BoxFuture<Done>> {
         let HandlerCall { seq, session, kind } = self;
         let waker = futures_util::task::noop_waker_ref();
@@ -575,94 +577,129 @@ impl HandlerCall {
             CallKind::Refused(e) => Ok(refused(seq, e)),
             CallKind::Decode(fut) => Err(fut),
             CallKind::Pull(seq, f, ctx) => {
-                let mut fut = match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
-                    Ok(fut) => fut,
-                    Err(panic) => return Ok(Done::Reply(seq, Err(logged(session, &*panic)))),
+                let trace = ServerTrace::start(Kind::Pull, &ctx.session, &ctx.packet);
+                let waiting = 'first: {
+                    let _in = trace.enter();
+                    let e = match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
+                        Ok(mut fut) => match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            fut.as_mut().poll(&mut cx)
+                        })) {
+                            Ok(Poll::Ready(r)) => {
+                                trace.finish(r.as_ref().err());
+                                return Ok(Done::Reply(seq, r));
+                            }
+                            Ok(Poll::Pending) => break 'first fut,
+                            Err(panic) => logged(session, &*panic),
+                        },
+                        Err(panic) => logged(session, &*panic),
+                    };
+                    trace.finish(Some(&e));
+                    return Ok(Done::Reply(seq, Err(e)));
                 };
-                match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
-                    Ok(Poll::Ready(r)) => Ok(Done::Reply(seq, r)),
-                    Ok(Poll::Pending) => Err(Box::pin(
-                        AssertUnwindSafe(fut.map(move |r| Done::Reply(seq, r)))
-                            .catch_unwind()
-                            .map(move |r| {
-                                r.unwrap_or_else(|panic| {
-                                    Done::Reply(seq, Err(logged(session, &*panic)))
-                                })
-                            }),
-                    )),
-                    Err(panic) => Ok(Done::Reply(seq, Err(logged(session, &*panic)))),
-                }
+                Err(Box::pin(Traced::new(
+                    pull_rest(seq, session, waiting),
+                    trace,
+                )))
             }
             CallKind::Push(f, ctx) => {
-                let mut fut = match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
-                    Ok(fut) => fut,
-                    Err(panic) => {
-                        logged(session, &*panic);
-                        return Ok(Done::Push);
+                let trace = ServerTrace::start(Kind::Push, &ctx.session, &ctx.packet);
+                let waiting = 'first: {
+                    let _in = trace.enter();
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
+                        Ok(mut fut) => match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            fut.as_mut().poll(&mut cx)
+                        })) {
+                            Ok(Poll::Ready(())) => {}
+                            Ok(Poll::Pending) => break 'first fut,
+                            Err(panic) => {
+                                logged(session, &*panic);
+                            }
+                        },
+                        Err(panic) => {
+                            logged(session, &*panic);
+                        }
                     }
+                    trace.finish(None);
+                    return Ok(Done::Push);
                 };
-                match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
-                    Ok(Poll::Ready(())) => Ok(Done::Push),
-                    Ok(Poll::Pending) => Err(Box::pin(
-                        AssertUnwindSafe(fut.map(|()| Done::Push))
-                            .catch_unwind()
-                            .map(move |r| {
-                                r.unwrap_or_else(|panic| {
-                                    logged(session, &*panic);
-                                    Done::Push
-                                })
-                            }),
-                    )),
-                    Err(panic) => {
-                        logged(session, &*panic);
-                        Ok(Done::Push)
-                    }
-                }
+                Err(Box::pin(Traced::new(push_rest(session, waiting), trace)))
             }
         }
     }
 
     /// Calls the handler. A panic, in the call or in any poll of the
     /// future it returns, is caught: a pull's becomes a 500 reply, a
-    /// push's is logged. So the future never panics.
+    /// push's is logged. So the future never panics. The call and every
+    /// poll are inside the call's span and trace context.
     pub fn start(self) -> BoxFuture<Done> {
         let HandlerCall { seq, session, kind } = self;
         match kind {
             CallKind::Refused(e) => Box::pin(std::future::ready(refused(seq, e))),
             CallKind::Decode(fut) => fut,
             CallKind::Pull(seq, f, ctx) => {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
-                    Ok(fut) => Box::pin(
-                        AssertUnwindSafe(fut.map(move |r| Done::Reply(seq, r)))
-                            .catch_unwind()
-                            .map(move |r| {
-                                r.unwrap_or_else(|panic| {
-                                    Done::Reply(seq, Err(logged(session, &*panic)))
-                                })
-                            }),
-                    ),
-                    Err(panic) => Box::pin(std::future::ready(Done::Reply(
-                        seq,
-                        Err(logged(session, &*panic)),
-                    ))),
+                let trace = ServerTrace::start(Kind::Pull, &ctx.session, &ctx.packet);
+                let called = {
+                    let _in = trace.enter();
+                    std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx)))
+                        .map_err(|panic| logged(session, &*panic))
+                };
+                match called {
+                    Ok(fut) => Box::pin(Traced::new(pull_rest(seq, session, fut), trace)),
+                    Err(e) => {
+                        let done = Done::Reply(seq, Err(e));
+                        trace.finish(done.error());
+                        Box::pin(std::future::ready(done))
+                    }
                 }
             }
-            CallKind::Push(f, ctx) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
-                Ok(fut) => Box::pin(
-                    AssertUnwindSafe(fut.map(|()| Done::Push))
-                        .catch_unwind()
-                        .map(move |r| {
-                            r.unwrap_or_else(|panic| {
-                                logged(session, &*panic);
-                                Done::Push
-                            })
-                        }),
-                ),
-                Err(panic) => {
-                    logged(session, &*panic);
-                    Box::pin(std::future::ready(Done::Push))
+            CallKind::Push(f, ctx) => {
+                let trace = ServerTrace::start(Kind::Push, &ctx.session, &ctx.packet);
+                let called = {
+                    let _in = trace.enter();
+                    std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx)))
+                        .map_err(|panic| logged(session, &*panic))
+                };
+                match called {
+                    Ok(fut) => Box::pin(Traced::new(push_rest(session, fut), trace)),
+                    Err(_) => {
+                        trace.finish(None);
+                        Box::pin(std::future::ready(Done::Push))
+                    }
                 }
-            },
+            }
+        }
+    }
+}
+
+/// The rest of a pull handler's run: its reply, or the 500 a panic in a
+/// poll becomes.
+fn pull_rest(
+    seq: Seq,
+    session: u64,
+    fut: BoxFuture<Result<Packet, Rerror>>,
+) -> impl Future<Output = Done> + Send + Unpin {
+    AssertUnwindSafe(fut.map(move |r| Done::Reply(seq, r)))
+        .catch_unwind()
+        .map(move |r| r.unwrap_or_else(|panic| Done::Reply(seq, Err(logged(session, &*panic)))))
+}
+
+/// The rest of a push handler's run; a panic in a poll is logged.
+fn push_rest(session: u64, fut: BoxFuture<()>) -> impl Future<Output = Done> + Send + Unpin {
+    AssertUnwindSafe(fut.map(|()| Done::Push))
+        .catch_unwind()
+        .map(move |r| {
+            r.unwrap_or_else(|panic| {
+                logged(session, &*panic);
+                Done::Push
+            })
+        })
+}
+
+impl Outcome for Done {
+    fn error(&self) -> Option<&Rerror> {
+        match self {
+            Done::Reply(_, Err(e)) => Some(e),
+            _ => None,
         }
     }
 }

@@ -11,6 +11,8 @@
 //!   pushes through; [`PeerRef`]: the peer as handlers see it.
 //! - [`DialOptions`], [`ListenOptions`], [`ServeOptions`], [`DialError`].
 //! - [`Grace`], [`GraceSignal`]: stopping on SIGINT or SIGTERM, with hooks.
+//! - [`trace`]: a span per call, and the W3C trace context carried in
+//!   meta ([`TraceContext`]); OpenTelemetry export with the `otel` feature.
 //!
 //! The machinery adapters are built from (the connection driver, the
 //! session registry, the shared connection, socket helpers) is in
@@ -36,6 +38,7 @@ mod registry;
 mod session;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod trace;
 #[cfg(feature = "validate")]
 mod valid;
 
@@ -49,6 +52,7 @@ pub use options::{DialError, DialOptions, ListenOptions, ServeOptions};
 pub use peer_ref::{Broadcast, PeerRef};
 pub use registry::{ProtoFunc, ShutdownReport};
 pub use session::{Call, Reply, Session};
+pub use trace::TraceContext;
 #[cfg(feature = "validate")]
 pub use valid::{garde, Valid};
 

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::addr::PeerAddr;
 use crate::handler::Handler;
+use crate::trace::{ClientTrace, Kind};
 
 /// Called after a command is queued, for an owner that waits on something
 /// other than the channel (a poll loop's waker).
@@ -448,15 +449,33 @@ impl Call<'_> {
         self.pull_packet().await
     }
 
-    async fn pull_packet(self) -> Result<Packet, Rerror> {
+    async fn pull_packet(mut self) -> Result<Packet, Rerror> {
+        let trace = self.trace(Kind::Pull);
         let (tx, rx) = oneshot::channel();
-        self.session.send(Command::Pull {
+        let result = match self.session.send(Command::Pull {
             packet: self.packet,
             timeout: self.timeout,
             tx,
-        })?;
-        rx.await
-            .unwrap_or_else(|_| Err(Rerror::conn_closed().with_detail("session task ended")))
+        }) {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err(Rerror::conn_closed().with_detail("session task ended"))),
+            Err(e) => Err(e),
+        };
+        trace.pulled(&result);
+        result
+    }
+
+    /// The call's span, begun; the packet gets its `traceparent`.
+    #[inline]
+    fn trace(&mut self, kind: Kind) -> ClientTrace {
+        let session = self.session;
+        ClientTrace::start(
+            kind,
+            session.remote_addr(),
+            session.codecs(),
+            &mut self.packet,
+        )
     }
 
     /// Sends a push with an already encoded body (forwarded as is).
@@ -472,13 +491,19 @@ impl Call<'_> {
         self.push_packet().await
     }
 
-    async fn push_packet(self) -> Result<(), Rerror> {
+    async fn push_packet(mut self) -> Result<(), Rerror> {
+        let trace = self.trace(Kind::Push);
         let (tx, rx) = oneshot::channel();
-        self.session.send(Command::Push {
+        let result = match self.session.send(Command::Push {
             packet: self.packet,
             tx,
-        })?;
-        rx.await
-            .unwrap_or_else(|_| Err(Rerror::conn_closed().with_detail("session task ended")))
+        }) {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err(Rerror::conn_closed().with_detail("session task ended"))),
+            Err(e) => Err(e),
+        };
+        trace.pushed(&result);
+        result
     }
 }

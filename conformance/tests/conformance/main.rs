@@ -10,7 +10,8 @@
 //!
 //! Alongside its core scenarios, each pair runs TLS on every transport
 //! ([`tls`]), a proto of the test's own ([`protos`]), connections the
-//! test hands the peers ([`served`]) and tcp6 ([`sockets`]).
+//! test hands the peers ([`served`]) and tcp6 ([`sockets`]), and hands
+//! a `traceparent` on through a handler's call ([`traces`]).
 //!
 //! Besides the suite, each pair has two tests of its own: in
 //! `reply_at_close`, a server that answers a pull and closes at once still
@@ -32,6 +33,7 @@ mod scenarios;
 mod served;
 mod sockets;
 mod tls;
+mod traces;
 
 use runtimes::Rt;
 

@@ -153,6 +153,7 @@ pub fn run_pair(server_rt: Rt, client_rt: Rt) {
         crate::protos::run(server_rt, client_rt, &pair);
         crate::served::run(server_rt, client_rt, &pair);
         crate::sockets::tcp6(server_rt, client_rt, &pair);
+        crate::traces::pass_through(server_rt, client_rt, &pair);
     });
     for net in Net::ALL {
         let name = name(net);

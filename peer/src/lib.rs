@@ -70,7 +70,7 @@ pub mod adapter {
         pull_handler, push_handler, unknown_pull_handler, unknown_push_handler, Handler,
     };
     pub use crate::registry::{
-        Abort, Linger, PeerCore, PeerTls, SessionStart, LINGER, LINGER_BYTES,
+        Abort, Accepting, Linger, PeerCore, PeerTls, SessionStart, LINGER, LINGER_BYTES,
     };
     pub use crate::session::{Command, DirectPath, Wake};
     pub use crate::{direct, net};

@@ -181,6 +181,37 @@ pub struct PeerCore {
     /// The listening sockets (a duplicate of each, named for a hand-off),
     /// until the shutdown lets them go.
     listeners: Mutex<Vec<(String, socket2::Socket)>>,
+    /// Accept loops and accepted connections not started yet
+    /// ([`Accepting`]): a shutdown waits for them before it counts the
+    /// sessions gone.
+    accepting: AtomicUsize,
+}
+
+/// Held by an accept loop for as long as it may start sessions (and by a
+/// TLS handshake of a connection it accepted): [`PeerCore::all_gone`]
+/// waits for every one to be dropped, so a connection accepted as the
+/// shutdown began is waited for like the others, not cut when the
+/// process exits.
+pub struct Accepting(Arc<PeerCore>);
+
+impl Clone for Accepting {
+    fn clone(&self) -> Self {
+        self.0.accepting.fetch_add(1, Ordering::AcqRel);
+        Accepting(self.0.clone())
+    }
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        self.0.accepting.fetch_sub(1, Ordering::AcqRel);
+        self.0.gone.notify_waiters();
+    }
+}
+
+impl std::fmt::Debug for Accepting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Accepting")
+    }
 }
 
 /// The TLS ends of a peer: how its listeners accept and its dials connect,
@@ -230,7 +261,14 @@ impl PeerCore {
             tls,
             names: Mutex::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),
+            accepting: AtomicUsize::new(0),
         }
+    }
+
+    /// A guard for an accept loop (see [`Accepting`]).
+    pub fn accepting(self: &Arc<Self>) -> Accepting {
+        self.accepting.fetch_add(1, Ordering::AcqRel);
+        Accepting(self.clone())
     }
 
     /// Runs the plugins' `after_listen` for a listener bound at `addr`
@@ -536,11 +574,12 @@ impl PeerCore {
         report
     }
 
-    /// Resolves once every session has ended.
+    /// Resolves once every accept loop has stopped (see [`Accepting`])
+    /// and every session has ended.
     pub async fn all_gone(&self) {
         loop {
             let gone = self.gone.notified();
-            if self.lock().is_empty() {
+            if self.accepting.load(Ordering::Acquire) == 0 && self.lock().is_empty() {
                 return;
             }
             gone.await;

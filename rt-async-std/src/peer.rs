@@ -11,7 +11,7 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::FutureExt as _;
 use teleport_core::Role;
-use teleport_peer::adapter::{PeerCore, SessionStart};
+use teleport_peer::adapter::{Accepting, PeerCore, SessionStart};
 #[cfg(feature = "tls")]
 use teleport_peer::tls::{TlsAcceptor, TlsConnector, TlsError};
 use teleport_peer::{
@@ -353,7 +353,10 @@ impl Peer {
         tracing::info!(target: "teleport::async_io", %addr, "listening");
         let peer = self.clone();
         let mut stop = self.core.shutdown_signal();
+        // Until the loop stops, a shutdown waits for what it accepts.
+        let accepting = self.core.accepting();
         self.exec.spawn(Box::pin(async move {
+            let accepting = accepting;
             loop {
                 let next = futures_lite::future::or(
                     async {
@@ -368,7 +371,7 @@ impl Peer {
                     Some(Ok((stream, remote, local))) => {
                         let conn =
                             SessionStart::new(remote, local, Role::Acceptor).proto(proto.clone());
-                        peer.accepted(stream, conn, &tls);
+                        peer.accepted(stream, conn, &tls, &accepting);
                     }
                     Some(Err(e)) => {
                         tracing::warn!(target: "teleport::async_io", error = %e, "accept failed");
@@ -383,8 +386,13 @@ impl Peer {
 
     /// Starts the session of an accepted connection, after its TLS
     /// handshake (in a task of its own) when the listener serves TLS.
-    fn accepted<S>(&self, stream: S, conn: SessionStart, tls: &Option<ListenTls>)
-    where
+    fn accepted<S>(
+        &self,
+        stream: S,
+        conn: SessionStart,
+        tls: &Option<ListenTls>,
+        #[cfg_attr(not(feature = "tls"), allow(unused_variables))] accepting: &Accepting,
+    ) where
         S: Connection + ForTls,
     {
         match tls {
@@ -394,7 +402,9 @@ impl Peer {
             #[cfg(feature = "tls")]
             Some(tls) => {
                 let (peer, tls) = (self.clone(), tls.clone());
+                let accepting = accepting.clone();
                 self.exec.spawn(Box::pin(async move {
+                    let _accepting = accepting;
                     let remote = conn.remote.clone();
                     let acceptor = futures_rustls::TlsAcceptor::from(tls.config().clone());
                     let hs = async { Some(acceptor.accept(stream.for_tls()).await) };

@@ -247,6 +247,9 @@ struct Listening {
     tls: ListenTls,
     ready: bool,
     retry_at: Option<Instant>,
+    /// A shutdown waits for this listener to be closed: what it accepted
+    /// before is a session by then.
+    _accepting: teleport_peer::adapter::Accepting,
 }
 
 /// A connection whose session ended, its write side shut down, read and
@@ -625,6 +628,7 @@ impl EventLoop {
                     tls,
                     ready: true,
                     retry_at: None,
+                    _accepting: self.peer.accepting(),
                 });
             }
             Err(e) => {

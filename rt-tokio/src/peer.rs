@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use teleport_core::Role;
-use teleport_peer::adapter::{PeerCore, SessionStart, FLUSH_GRACE, LINGER};
+use teleport_peer::adapter::{Accepting, PeerCore, SessionStart, FLUSH_GRACE, LINGER};
 #[cfg(feature = "tls")]
 use teleport_peer::tls::{TlsAcceptor, TlsConnector, TlsError};
 use teleport_peer::{
@@ -265,6 +265,8 @@ impl Peer {
         let tls: Option<NoTls> = None;
         let peer = self.clone();
         let mut stop = self.0.shutdown_signal();
+        // Until the loop stops, a shutdown waits for what it accepts.
+        let accepting = self.0.accepting();
         match cfg.network {
             Network::Tcp | Network::Tcp4 | Network::Tcp6 => {
                 let l = net::bind_tcp_listener(&cfg).await?;
@@ -272,10 +274,11 @@ impl Peer {
                 self.0.after_listen(&addr, &cfg, (&l).into())?;
                 tracing::info!(target: "teleport::tokio", %addr, "listening");
                 tokio::spawn(async move {
+                    let accepting = accepting;
                     loop {
                         tokio::select! {
                             _ = stop.wait_for(|s| *s).map(drop) => break,
-                            r = net::accept_tcp(&l, &cfg) => peer.accepted(r, &proto, &tls).await,
+                            r = net::accept_tcp(&l, &cfg) => peer.accepted(r, &proto, &tls, &accepting).await,
                         }
                     }
                     tracing::info!(target: "teleport::tokio", "listener closed");
@@ -290,11 +293,12 @@ impl Peer {
                 self.0.after_listen(&addr, &cfg, (&l).into())?;
                 tracing::info!(target: "teleport::tokio", %addr, "listening");
                 tokio::spawn(async move {
+                    let accepting = accepting;
                     loop {
                         tokio::select! {
                             _ = stop.wait_for(|s| *s).map(drop) => break,
                             r = net::accept_unix(&l, &path, &cfg) => {
-                                peer.accepted(r, &proto, &tls).await
+                                peer.accepted(r, &proto, &tls, &accepting).await
                             }
                         }
                     }
@@ -310,11 +314,12 @@ impl Peer {
                 self.0.after_listen(&addr, &cfg, (&l).into())?;
                 tracing::info!(target: "teleport::tokio", %addr, "listening");
                 tokio::spawn(async move {
+                    let accepting = accepting;
                     loop {
                         tokio::select! {
                             _ = stop.wait_for(|s| *s).map(drop) => break,
                             r = net::accept_unixpacket(&l, &path, &cfg) => {
-                                peer.accepted(r, &proto, &tls).await
+                                peer.accepted(r, &proto, &tls, &accepting).await
                             }
                         }
                     }
@@ -336,6 +341,7 @@ impl Peer {
         r: io::Result<net::Connected<S>>,
         proto: &Option<ProtoFunc>,
         tls: &Option<ListenTls>,
+        #[cfg_attr(not(feature = "tls"), allow(unused_variables))] accepting: &Accepting,
     ) where
         S: Connection + AsyncRead + AsyncWrite + Unpin,
     {
@@ -355,7 +361,9 @@ impl Peer {
             #[cfg(feature = "tls")]
             Some(tls) => {
                 let (peer, tls) = (self.clone(), tls.clone());
+                let accepting = accepting.clone();
                 tokio::spawn(async move {
+                    let _accepting = accepting;
                     let remote = conn.remote.clone();
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config().clone());
                     let hs = tokio::time::timeout(tls.handshake_timeout(), acceptor.accept(stream));

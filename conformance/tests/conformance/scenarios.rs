@@ -272,14 +272,19 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str) {
     drop(server);
     let server2 = crate::runtimes::retry_bind(|| make_server(&listen));
     // The pull made after the shutdown began was served by the old server
-    // (made before the notice reached the client) or waited, and went to
-    // this one: it did not fail.
+    // (made before the notice reached the client), or it waited and went
+    // out over the next connection: to this server, or, while no server
+    // listened, to a refused dial (105) or into the accept queue of the
+    // old listener as it closed (a reset: 102). Never anything else, and
+    // it never hangs.
     let late = late.join().expect("late pull thread");
-    assert_eq!(
-        late.unwrap_or_else(|e| panic!("{name}: late pull: {e}"))
-            .value,
-        "late"
-    );
+    match late {
+        Ok(v) => assert_eq!(v.value, "late", "{name}"),
+        Err(e) => assert!(
+            e.code == Rerror::CODE_DIAL_FAILED || e.code == Rerror::CODE_CONN_CLOSED,
+            "{name}: late pull: unexpected error {e}"
+        ),
+    }
     // A pull that went out before the client noticed the old connection
     // had ended fails (102) and is not re-sent; the next one redials.
     let again = || {

@@ -108,6 +108,41 @@ impl Family {
     }
 }
 
+impl Family {
+    /// SIGTERM to `pid`: it stops with no successor and exits.
+    fn terminate(&self, pid: i32) {
+        signal(pid, rustix::process::Signal::TERM);
+        assert_eq!(
+            self.stopped(),
+            "STOPPED signal=Terminate successor=-",
+            "{}",
+            self.label
+        );
+        await_exit(pid, &self.label);
+    }
+}
+
+/// Waits until the server's `/probe` says `n` `/slow` handlers started.
+fn await_slow_started(
+    rt: &tokio::runtime::Runtime,
+    s: &teleport_tokio::Session,
+    n: u64,
+    label: &str,
+) {
+    let until = Instant::now() + GUARD;
+    loop {
+        let p: serde_json::Value = rt.block_on(s.pull("/probe", &())).expect("probe").value;
+        if p["slow_started"] == n {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{label}: the slow handlers never ran"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 impl Drop for Family {
     fn drop(&mut self) {
         // A failed test leaves no server behind (a successor is no child of
@@ -361,13 +396,7 @@ fn restart_under_load(runtime: &str, net: Network, clients: usize, restarts: usi
     }
     let dials = prober.finish(&label);
     let ok = load.finish(&rt, &label);
-    signal(pid, rustix::process::Signal::TERM);
-    assert_eq!(
-        family.stopped(),
-        "STOPPED signal=Terminate successor=-",
-        "{label}"
-    );
-    await_exit(pid, &label);
+    family.terminate(pid);
     eprintln!(
         "{label}: {restarts} restarts, {ok} pulls answered, 0 failed; {dials} dials, 0 refused"
     );
@@ -423,18 +452,7 @@ fn a_pull_cut_at_the_restart_deadline_gets_a_clear_error() {
             })
         };
         // The handler runs (the probe answers on the I/O side).
-        let until = Instant::now() + GUARD;
-        loop {
-            let p: serde_json::Value = rt.block_on(s.pull("/probe", &())).expect("probe").value;
-            if p["slow_started"] == 1 {
-                break;
-            }
-            assert!(
-                Instant::now() < until,
-                "{label}: the slow handler never ran"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        await_slow_started(&rt, &s, 1, &label);
         signal(pid, rustix::process::Signal::HUP);
         let (_, next) = family.started();
         let r = rt.block_on(slow).expect("slow task");
@@ -449,9 +467,7 @@ fn a_pull_cut_at_the_restart_deadline_gets_a_clear_error() {
         // Nothing hangs: the same session carries on with the successor.
         let r = rt.block_on(s.pull::<_, String>("/echo/string", "after"));
         assert_eq!(r.expect("pull after the restart").value, "after", "{label}");
-        signal(next, rustix::process::Signal::TERM);
-        family.stopped();
-        await_exit(next, &label);
+        family.terminate(next);
     }
 }
 
@@ -476,15 +492,7 @@ fn sigterm_answers_every_pull_in_flight_before_the_process_exits() {
                 })
             })
             .collect();
-        let until = Instant::now() + GUARD;
-        loop {
-            let p: serde_json::Value = rt.block_on(s.pull("/probe", &())).expect("probe").value;
-            if p["slow_started"] == 20 {
-                break;
-            }
-            assert!(Instant::now() < until, "{label}: the handlers never ran");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        await_slow_started(&rt, &s, 20, &label);
         signal(pid, rustix::process::Signal::TERM);
         for (i, c) in calls.into_iter().enumerate() {
             let r = rt.block_on(c).expect("task");
@@ -535,13 +543,7 @@ fn a_failed_restart_leaves_the_old_process_serving() {
         );
         let p: serde_json::Value = rt.block_on(s.pull("/probe", &())).expect("probe").value;
         assert_eq!(p["accepted"], 1, "{label}: the client did not move");
-        signal(pid, rustix::process::Signal::TERM);
-        assert_eq!(
-            family.stopped(),
-            "STOPPED signal=Terminate successor=-",
-            "{label}"
-        );
-        await_exit(pid, &label);
+        family.terminate(pid);
     }
 }
 

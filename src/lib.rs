@@ -244,11 +244,13 @@
 //!
 //! A peer's shutdown tells each client to move before it closes: a push
 //! to the reserved route [`GOING_AWAY_URI`]. A Rust
-//! client that gets it makes no new call over that connection; its calls
-//! already made finish there (the server still serves what was sent
-//! before the client read the notice), then the session dials the same
-//! address again (whatever `redial_times` says, at least once) and the
-//! calls made meanwhile go out over the new connection. A client that
+//! client that gets it makes no new call over that connection: the
+//! session dials the same address again at once (whatever `redial_times`
+//! says, at least once) and the calls made from then on go out over the
+//! new connection, while those already made finish on the old one (the
+//! server still serves what was sent before the client read the notice),
+//! which closes after its last answer. While it does, the client's peer
+//! lists it as a session of its own (see [`Session::id`]). A client that
 //! does not know the route (Go teleport) drops the push, and is served
 //! until the shutdown's deadline, then closed. A pull still running at
 //! the deadline is answered with an error (102) that says it was cut.

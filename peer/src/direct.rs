@@ -235,12 +235,21 @@ pub enum Turn<W> {
     /// writer and last bytes are to be written out and shut down
     /// ([`Closing::poll_close`]) before the socket is dropped.
     Closed(CloseReason, Closing<W>),
+    /// The peer said it is going away (see
+    /// [`teleport_core::GOING_AWAY_URI`]) and this session re-dials: the
+    /// connection is taken away from callers, to finish the calls made on
+    /// it under a session of its own ([`crate::adapter::Driver::hand_over`]),
+    /// while this one dials a new connection for the calls made from now
+    /// on. Only for a [`SharedConn::moving_on_notice`].
+    Moved(Box<Live<W>>),
 }
 
 /// A session's connection, as its owner and its callers share it: the
 /// session's [`DirectPath`]. `None` inside while there is no connection.
 pub struct SharedConn<W> {
     live: Mutex<Option<Live<W>>>,
+    /// A going-away notice hands the connection over ([`Turn::Moved`]).
+    moves: bool,
     /// Raised when the owner should take a turn (in the same allocation
     /// as the state, as the owner looks at both on every wake-up).
     signal: Signal,
@@ -250,6 +259,7 @@ impl<W: ConnWrite> Default for SharedConn<W> {
     fn default() -> Self {
         SharedConn {
             live: Mutex::new(None),
+            moves: false,
             signal: Signal::default(),
         }
     }
@@ -259,6 +269,17 @@ impl<W: ConnWrite> SharedConn<W> {
     /// No connection yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No connection yet; when the peer of one says it is going away,
+    /// [`SharedConn::turn`] hands it over ([`Turn::Moved`]) instead of
+    /// keeping new calls back until its pending ones are over: for a
+    /// session that re-dials.
+    pub fn moving_on_notice() -> Self {
+        SharedConn {
+            moves: true,
+            ..Self::default()
+        }
     }
 
     /// Tells the owner to take a turn.
@@ -314,6 +335,12 @@ impl<W: ConnWrite> SharedConn<W> {
             }
             if let Some(reason) = drain(&mut live.core) {
                 break reason;
+            }
+            if self.moves && live.core.is_moving() {
+                let Some(live) = guard.take() else {
+                    return idle;
+                };
+                return Turn::Moved(Box::new(live));
             }
             live.flush();
             if live.write_error.is_none() {

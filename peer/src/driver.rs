@@ -16,10 +16,10 @@ use futures_util::FutureExt;
 use teleport_core::{AnyProto, CloseReason, Event, Packet, ProtoError, Rerror, Role, Seq, State};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::direct::{ConnWrite, SharedConn};
+use crate::direct::{ConnWrite, Live, SharedConn};
 use crate::handler::{BoxFuture, Handler, PullCtx, PullFn, PushCtx, PushFn};
-use crate::registry::{PeerCore, ProtoFunc};
-use crate::session::{Command, DirectPath, Session};
+use crate::registry::{Abort, PeerCore, ProtoFunc, SessionStart};
+use crate::session::{Command, DirectPath, Session, Wake};
 use crate::trace::{Kind, Outcome, ServerTrace, Traced};
 
 /// What a pull's caller waits on.
@@ -80,8 +80,9 @@ pub struct Driver {
     last_reason: Option<CloseReason>,
     /// Makes each connection's proto (`None`: the fast proto).
     proto: Option<ProtoFunc>,
-    /// Calls made after the peer said it is going away: they go out over
-    /// the next connection.
+    /// Calls made after the peer said it is going away, before the
+    /// connection was handed over (or, for an adapter that does not hand
+    /// it over, until it ends): they go out first over the next one.
     held: Vec<Command>,
 }
 
@@ -162,6 +163,56 @@ impl Driver {
             core.go_away(now, self.peer.shutdown_deadline().unwrap_or(now));
         }
         core
+    }
+
+    /// Whether this session moves to a new connection when its peer says
+    /// it is going away (it re-dials), rather than ending with the old one.
+    pub fn moves_on_notice(&self) -> bool {
+        self.dial_addr.is_some()
+    }
+
+    /// The peer of this session's connection said it is going away
+    /// ([`teleport_core::GOING_AWAY_URI`]): the connection goes on under a
+    /// session of its own until the calls made on it are over, while this
+    /// one dials the same address again for the calls made from now on
+    /// (the adapter then ends this connection with
+    /// [`CloseReason::GoingAway`]). The new session is registered with the
+    /// peer (a shutdown waits for it, and closes it, like any other); it
+    /// never re-dials. `start` gets its driver (whose first connection is
+    /// the moved one: see [`Driver::adopt`]), starts what runs it, and
+    /// returns how to abort that; `wake` is its command hook, for a poll
+    /// loop.
+    pub fn hand_over(&self, wake: Option<Wake>, start: impl FnOnce(Driver) -> Abort) -> Session {
+        let conn = SessionStart::new(
+            self.session.remote_addr().clone(),
+            self.session.local_addr().clone(),
+            self.role,
+        )
+        .proto(self.proto.clone())
+        .wake(wake);
+        let from = self.session.id();
+        self.peer.start_session(conn, |driver| {
+            tracing::info!(target: "teleport::peer", session = from, moved_to = driver.session().id(),
+                remote = %self.session.remote_addr(),
+                "the peer is going away: calls made on its connection finish there, new ones go over a new connection");
+            start(driver)
+        })
+    }
+
+    /// Takes the connection handed over by [`Driver::hand_over`] as this
+    /// session's own: what it shares with the session's handles.
+    pub fn adopt<W: ConnWrite>(&self, live: Live<W>) -> Arc<SharedConn<W>> {
+        let shared = Arc::new(SharedConn::new());
+        self.set_direct_path(shared.clone());
+        shared.open(live);
+        shared
+    }
+
+    /// The moved connection of a session started by [`Driver::hand_over`]
+    /// ended this way: the session is over (it never re-dials).
+    pub fn end(mut self, reason: &CloseReason) {
+        let _ = self.connection_ended(reason);
+        self.finish();
     }
 
     /// Lets the session's handles carry out their pulls and pushes
@@ -489,7 +540,11 @@ impl Driver {
         CF: Future<Output = std::io::Result<S>>,
         SF: Future<Output = ()>,
     {
-        let shared = Arc::new(SharedConn::<W>::new());
+        let shared = Arc::new(if self.moves_on_notice() {
+            SharedConn::<W>::moving_on_notice()
+        } else {
+            SharedConn::<W>::new()
+        });
         self.set_direct_path(shared.clone());
         let mut next = Some(first);
         let mut backlog = Vec::new();

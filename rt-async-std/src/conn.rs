@@ -23,7 +23,9 @@ use std::time::Instant;
 
 use async_io::Timer;
 use futures_lite::io::{AsyncRead, AsyncReadExt};
+use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt as _;
 use teleport_core::CloseReason;
 use teleport_peer::adapter::{
     finish_handler, Command, Done, Driver, Linger, BUDGET, FINAL_FLUSH, LINGER, LINGER_BYTES,
@@ -55,7 +57,15 @@ where
                         conn: Arc<SharedConn<S::Write>>,
                         backlog: &mut Vec<Command>| {
                 let (r, w) = s.split();
-                run_conn(driver, &conn, r, w, backlog, &exec).await
+                let now = Instant::now();
+                conn.open(Live::new(driver.open(now, backlog), w));
+                match run_conn(driver, &conn, r, Waits::new(), now, &exec).await {
+                    End::Closed(reason) => reason,
+                    End::Moved(live, r, w) => {
+                        hand_over(driver, *live, r, w, &exec);
+                        CloseReason::GoingAway
+                    }
+                }
             },
             connect,
             |d| async move {
@@ -65,6 +75,41 @@ where
         .await;
 }
 
+/// How a connection's loop ended.
+enum End<R, W> {
+    /// The session closed this way.
+    Closed(CloseReason),
+    /// The peer is going away and the session re-dials: the connection,
+    /// its read half and its running handlers, to finish what was called
+    /// on it (see [`hand_over`]).
+    Moved(Box<Live<W>>, R, Waits),
+}
+
+/// Runs a connection the peer is going away from under a session of its
+/// own, on a task of its own, until the calls made on it are over.
+fn hand_over<R, W>(driver: &Driver, live: Live<W>, rd: R, w: Waits, exec: &Executor)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: ConnWrite,
+{
+    driver.hand_over(None, |mut moved| {
+        let (abort, registration) = AbortHandle::new_pair();
+        let task_exec = exec.clone();
+        let task = async move {
+            let conn = moved.adopt(live);
+            let reason = match run_conn(&mut moved, &conn, rd, w, Instant::now(), &task_exec).await
+            {
+                End::Closed(reason) => reason,
+                // (Its connection is not one that moves.)
+                End::Moved(..) => CloseReason::GoingAway,
+            };
+            moved.end(&reason);
+        };
+        exec.spawn(Box::pin(Abortable::new(task, registration).map(drop)));
+        Box::new(move || abort.abort())
+    });
+}
+
 /// What the task waits on besides the shared connection.
 struct Waits {
     tasks: FuturesUnordered<BoxFuture<Done>>,
@@ -72,26 +117,31 @@ struct Waits {
     armed: Option<Instant>,
 }
 
+impl Waits {
+    fn new() -> Self {
+        Waits {
+            tasks: FuturesUnordered::new(),
+            timer: Timer::never(),
+            armed: None,
+        }
+    }
+}
+
+/// Runs an open connection (see [`SharedConn::open`]) until its session
+/// closes, or moves.
 async fn run_conn<R, W>(
     driver: &mut Driver,
     conn: &SharedConn<W>,
     mut rd: R,
-    wr: W,
-    backlog: &mut Vec<Command>,
+    mut w: Waits,
+    mut now: Instant,
     exec: &Executor,
-) -> CloseReason
+) -> End<R, W>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: ConnWrite,
 {
     let id = driver.session().id();
-    let mut now = Instant::now();
-    conn.open(Live::new(driver.open(now, backlog), wr));
-    let mut w = Waits {
-        tasks: FuturesUnordered::new(),
-        timer: Timer::never(),
-        armed: None,
-    };
     let mut busy_turns = 0u32;
     loop {
         let tasks = &w.tasks;
@@ -106,6 +156,7 @@ where
                 wants_input,
                 wants_write,
             } => (deadline, wants_input, wants_write),
+            Turn::Moved(live) => return End::Moved(live, rd, w),
             Turn::Closed(reason, mut closing) => {
                 // Every queued byte, then the end of our side: the peer reads
                 // everything, then the end.
@@ -129,7 +180,7 @@ where
                     let guard = driver.peer().linger();
                     exec.spawn(Box::pin(linger(rd, guard)));
                 }
-                return reason;
+                return End::Closed(reason);
             }
         };
         if deadline != w.armed {

@@ -208,6 +208,10 @@ struct Conn {
     stream: Stream,
     core: CoreSession,
     driver: Driver,
+    /// The session the connection was opened for: its handler tasks are
+    /// known by it (the driver changes when the connection is handed
+    /// over, see [`move_on`]).
+    origin: u64,
     slot: Arc<Slot>,
     /// Bytes to write, many frames batched.
     wbuf: BytesMut,
@@ -530,8 +534,7 @@ impl EventLoop {
                     done,
                 } => {
                     if let Some(c) = self.conns.get_mut(conn) {
-                        if c.driver.session().id() == session && c.tasks.try_remove(task).is_some()
-                        {
+                        if c.origin == session && c.tasks.try_remove(task).is_some() {
                             finish_handler(&mut c.core, done, now);
                             touch(&mut self.conns, &mut self.touched, conn);
                         }
@@ -539,7 +542,7 @@ impl EventLoop {
                 }
                 Msg::Poll(task) => {
                     if let Some(c) = self.conns.get_mut(task.conn) {
-                        if c.driver.session().id() == task.session && c.tasks.contains(task.key) {
+                        if c.origin == task.session && c.tasks.contains(task.key) {
                             if let Some(done) = task.run() {
                                 c.tasks.remove(task.key);
                                 finish_handler(&mut c.core, done, now);
@@ -592,6 +595,7 @@ impl EventLoop {
             stream,
             core,
             driver,
+            origin: id,
             slot,
             wbuf: BytesMut::new(),
             readable: true,
@@ -817,12 +821,14 @@ impl EventLoop {
     }
 
     /// [`EventLoop::service`] of an open session; whether it closed.
-    fn drive(&mut self, key: usize, now: Instant) -> bool {
+    fn drive(&mut self, key: usize, mut now: Instant) -> bool {
         let EventLoop {
             poll,
             shared,
+            peer,
             pool,
             conns,
+            ids,
             timers,
             again,
             spawned,
@@ -830,7 +836,7 @@ impl EventLoop {
             ..
         } = self;
         let c = &mut conns[key];
-        let id = c.driver.session().id();
+        let id = c.origin;
         if c.due {
             c.due = false;
             c.core.handle_timeout(now);
@@ -879,6 +885,9 @@ impl EventLoop {
                 c.core.poll_transmit(&mut c.wbuf);
                 c.closing = Some((reason, now + FINAL_FLUSH));
                 return true;
+            }
+            if c.core.is_moving() && c.driver.moves_on_notice() {
+                move_on(c, key, peer, shared, ids);
             }
             while c.writable && !c.wbuf.is_empty() {
                 match c.stream.write(&c.wbuf) {
@@ -936,6 +945,10 @@ impl EventLoop {
                             progress = true;
                         }
                         Ok(n) => {
+                            // When the bytes came, not when the turn
+                            // began: a reply read in the turn that sent
+                            // its pull took time all the same.
+                            now = Instant::now();
                             c.core.handle_input(now, &rbuf[..n]);
                             progress = true;
                         }
@@ -1132,18 +1145,9 @@ impl EventLoop {
         }
     }
 
-    /// Re-dials on a thread of its own (connecting blocks, and backs off
-    /// between attempts), with the shared re-dial logic.
+    /// Re-dials on a thread of its own (see [`spawn_redial`]).
     fn spawn_redial(&self, b: Broken) {
-        let shared = Arc::downgrade(&self.shared);
-        let cfg = self.peer.config().clone();
-        let id = b.driver.session().id();
-        let spawned = thread::Builder::new()
-            .name(format!("teleport-mio-redial-{id}"))
-            .spawn(move || redial(b, &cfg, &shared));
-        if let Err(e) = spawned {
-            tracing::error!(target: "teleport::mio", session = id, error = %e, "could not start a re-dial thread");
-        }
+        spawn_redial(b, &self.peer, &self.shared);
     }
 
     /// The loop ends: every session with it.
@@ -1183,6 +1187,60 @@ impl EventLoop {
         if let Some(pool) = self.pool.take() {
             pool.close();
         }
+    }
+}
+
+/// Re-dials on a thread of its own (connecting blocks, and backs off
+/// between attempts), with the shared re-dial logic.
+fn spawn_redial(b: Broken, peer: &PeerCore, shared: &Arc<LoopShared>) {
+    let shared = Arc::downgrade(shared);
+    let cfg = peer.config().clone();
+    let id = b.driver.session().id();
+    let spawned = thread::Builder::new()
+        .name(format!("teleport-mio-redial-{id}"))
+        .spawn(move || redial(b, &cfg, &shared));
+    if let Err(e) = spawned {
+        tracing::error!(target: "teleport::mio", session = id, error = %e, "could not start a re-dial thread");
+    }
+}
+
+/// The peer of `c` is going away and its session re-dials: the connection
+/// stays in the loop under a session of its own until the calls made on
+/// it are over, while the session dials a new one (on a re-dial thread)
+/// for the calls made from now on.
+fn move_on(
+    c: &mut Conn,
+    key: usize,
+    peer: &PeerCore,
+    shared: &Arc<LoopShared>,
+    ids: &mut HashMap<u64, usize>,
+) {
+    let slot = Arc::new(Slot::default());
+    let wake = Some(wake_hook(shared, slot.clone()));
+    let mut moved = None;
+    c.driver.hand_over(wake, |driver| {
+        let id = driver.session().id();
+        slot.id.store(id, Ordering::Release);
+        moved = Some(driver);
+        abort_hook(shared, id)
+    });
+    let Some(moved) = moved else { return };
+    ids.remove(&c.driver.session().id());
+    ids.insert(moved.session().id(), key);
+    let mut session = std::mem::replace(&mut c.driver, moved);
+    let slot = std::mem::replace(&mut c.slot, slot);
+    match session.connection_ended(&CloseReason::GoingAway) {
+        Some(addr) => spawn_redial(
+            Broken {
+                driver: session,
+                slot,
+                addr,
+                tls: c.tls.clone(),
+            },
+            peer,
+            shared,
+        ),
+        None => session.finish(),
     }
 }
 

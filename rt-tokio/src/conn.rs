@@ -42,7 +42,15 @@ where
                    conn: Arc<SharedConn<S::Write>>,
                    backlog: &mut Vec<Command>| {
                 let (r, w) = s.split();
-                run_conn(driver, conn, r, w, backlog).await
+                let now = Instant::now();
+                conn.open(Live::new(driver.open(now, backlog), w));
+                match run_conn(driver, &conn, r, JoinSet::new(), now).await {
+                    End::Closed(reason) => reason,
+                    End::Moved(live, r, tasks) => {
+                        hand_over(driver, *live, r, tasks);
+                        CloseReason::GoingAway
+                    }
+                }
             },
             connect,
             tokio::time::sleep,
@@ -50,23 +58,52 @@ where
         .await;
 }
 
+/// How a connection's loop ended.
+enum End<R, W> {
+    /// The session closed this way.
+    Closed(CloseReason),
+    /// The peer is going away and the session re-dials: the connection,
+    /// its read half and its running handlers, to finish what was called
+    /// on it (see [`hand_over`]).
+    Moved(Box<Live<W>>, R, JoinSet<Done>),
+}
+
+/// Runs a connection the peer is going away from under a session of its
+/// own, on a task of its own, until the calls made on it are over.
+fn hand_over<R, W>(driver: &Driver, live: Live<W>, rd: R, tasks: JoinSet<Done>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: ConnWrite,
+{
+    driver.hand_over(None, move |mut moved| {
+        let task = tokio::spawn(async move {
+            let conn = moved.adopt(live);
+            let reason = match run_conn(&mut moved, &conn, rd, tasks, Instant::now()).await {
+                End::Closed(reason) => reason,
+                // (Its connection is not one that moves.)
+                End::Moved(..) => CloseReason::GoingAway,
+            };
+            moved.end(&reason);
+        });
+        let abort = task.abort_handle();
+        Box::new(move || abort.abort())
+    });
+}
+
+/// Runs an open connection (see [`SharedConn::open`]) until its session
+/// closes, or moves.
 async fn run_conn<R, W>(
     driver: &mut Driver,
-    conn: Arc<SharedConn<W>>,
+    conn: &SharedConn<W>,
     mut rd: R,
-    wr: W,
-    backlog: &mut Vec<Command>,
-) -> CloseReason
+    mut tasks: JoinSet<Done>,
+    mut now: Instant,
+) -> End<R, W>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: ConnWrite,
 {
     let id = driver.session().id();
-    // When the last thing the task waited for happened: one clock read per
-    // wake-up serves the whole turn.
-    let mut now = Instant::now();
-    conn.open(Live::new(driver.open(now, backlog), wr));
-    let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut sleep = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut armed: Option<Instant> = None;
     // Commands are waiting beyond the last batch taken.
@@ -83,6 +120,7 @@ where
                 wants_input,
                 wants_write,
             } => (deadline, wants_input, wants_write),
+            Turn::Moved(live) => return End::Moved(live, rd, tasks),
             Turn::Closed(reason, mut closing) => {
                 // Every queued byte, then the end of our side: the peer reads
                 // everything, then the end.
@@ -105,7 +143,7 @@ where
                     let guard = driver.peer().linger();
                     tokio::spawn(linger(rd, guard));
                 }
-                return reason;
+                return End::Closed(reason);
             }
         };
         if deadline != armed {
@@ -123,7 +161,7 @@ where
             // the socket, handlers and timers from their turns.
             () = poll_fn(|cx| conn.poll_woken(cx)), if !backlog => {
                 now = Instant::now();
-                backlog = take_commands(driver, &conn, now);
+                backlog = take_commands(driver, conn, now);
             }
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 now = Instant::now();
@@ -140,7 +178,7 @@ where
                     }
                 });
             }
-            r = poll_fn(|cx| poll_read_into_core(&mut rd, cx, &conn)), if wants_input => {
+            r = poll_fn(|cx| poll_read_into_core(&mut rd, cx, conn)), if wants_input => {
                 match r {
                     Ok(at) => now = at,
                     Err(e) => {
@@ -161,7 +199,7 @@ where
             // its chance.
             () = std::future::ready(()), if backlog => {
                 now = Instant::now();
-                backlog = take_commands(driver, &conn, now);
+                backlog = take_commands(driver, conn, now);
             }
         }
     }

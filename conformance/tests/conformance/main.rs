@@ -26,6 +26,7 @@ mod api;
 mod closing;
 mod decoding;
 mod extensions;
+mod moving;
 mod plugins;
 mod protos;
 mod runtimes;

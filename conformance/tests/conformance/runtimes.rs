@@ -237,6 +237,15 @@ pub enum Any<'a> {
 }
 
 impl Any<'_> {
+    /// How many sessions the peer holds.
+    pub fn sessions_len(&self) -> usize {
+        match self {
+            Any::Tokio(_, p) => p.sessions().len(),
+            Any::AsyncIo(_, p) => p.sessions().len(),
+            Any::Mio(p) => p.sessions().len(),
+        }
+    }
+
     /// Serves another listener.
     pub fn spawn_listener_with(&self, opts: ListenOptions) -> io::Result<PeerAddr> {
         match self {

@@ -154,6 +154,7 @@ pub fn run_pair(server_rt: Rt, client_rt: Rt) {
         crate::served::run(server_rt, client_rt, &pair);
         crate::sockets::tcp6(server_rt, client_rt, &pair);
         crate::traces::pass_through(server_rt, client_rt, &pair);
+        crate::moving::new_calls_move_while_old_ones_finish(server_rt, client_rt, &pair);
     });
     for net in Net::ALL {
         let name = name(net);

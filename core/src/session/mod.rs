@@ -209,8 +209,10 @@ pub const DEFAULT_MAX_INCOMING_BYTES: usize = 32 << 20;
 /// an empty body, that a peer shutting down or restarting sends on each
 /// session it accepted ([`Session::go_away`]). A dialing session that gets
 /// it makes no new call on this connection: its pending calls finish,
-/// then it ends ([`CloseReason::GoingAway`]) and its owner dials the same
-/// address again, where new calls go. A peer that does not know the route
+/// then it ends ([`CloseReason::GoingAway`]). Its owner dials the same
+/// address again meanwhile, at once, and new calls go there (a peer's
+/// adapters hand the old connection to a session of its own for its last
+/// calls). A peer that does not know the route
 /// (Go teleport) drops the push, as it drops any push with no handler,
 /// and sees its session closed at the end of the drain.
 pub const GOING_AWAY_URI: &str = "/teleport/going_away";
@@ -1137,7 +1139,7 @@ impl<H: Clone, T, P: Proto> Session<H, T, P> {
         };
         self.closing_reason = Some(CloseReason::GoingAway);
         tracing::info!(target: "teleport::session", session = self.id, pending = self.pending.len(),
-            "the peer is going away; new calls wait for the next connection");
+            "the peer is going away; new calls go to the next connection");
         self.check_drained(now);
     }
 

@@ -18,7 +18,7 @@ use teleport_peer::{PeerBuilder, PeerConfig, PullCtx, PushCtx, Session};
 use tokio::sync::mpsc;
 
 use crate::runtimes::Rt;
-use crate::scenarios::{guard, server_config, Net};
+use crate::scenarios::{guard, server_config, until, Net};
 
 /// Records, in order, `<plugin>:<hook>` for the hooks that route plugins
 /// share with peer-wide ones.
@@ -235,15 +235,6 @@ fn client_builder(
     });
     b.plugin(dials.clone());
     b
-}
-
-async fn until(what: &str, mut ok: impl FnMut() -> bool) {
-    guard(what, async {
-        while !ok() {
-            async_io::Timer::after(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
 }
 
 pub fn run(server_rt: Rt, client_rt: Rt, name: &str) {

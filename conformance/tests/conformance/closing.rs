@@ -205,11 +205,7 @@ fn run_net(server_rt: Rt, client_rt: Rt, net: Net, name: &str, report: &mut Vec<
         let started = blocked_tx.clone();
         async move {
             let _ = started.send(());
-            g.acquire()
-                .await
-                .map_err(|e| Rerror::internal(e.to_string()))?
-                .forget();
-            Ok::<(), Rerror>(())
+            crate::scenarios::through(&g).await
         }
     });
     let sunk = CountSink::default();

@@ -10,18 +10,7 @@ use teleport_peer::{PeerBuilder, PullCtx};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::runtimes::{Net, Rt};
-use crate::scenarios::{client_config, guard, server_config};
-
-/// Waits (bounded by the guard) until `cond` holds, looking again every
-/// millisecond.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    guard(what, async {
-        while !cond() {
-            async_io::Timer::after(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-}
+use crate::scenarios::{client_config, guard, server_config, through, until};
 
 /// Over each transport: a pull held by its handler on the old connection,
 /// the notice, then new pulls answered by a new session of the same
@@ -39,10 +28,7 @@ pub fn new_calls_move_while_old_ones_finish(server_rt: Rt, client_rt: Rt, pair: 
             let (g, started) = (g.clone(), started_tx.clone());
             async move {
                 let _ = started.send(());
-                g.acquire()
-                    .await
-                    .map_err(|e| Rerror::internal(e.to_string()))?
-                    .forget();
+                through(&g).await?;
                 Ok::<_, Rerror>(ctx.session().id())
             }
         });

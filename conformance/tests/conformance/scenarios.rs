@@ -25,6 +25,26 @@ pub async fn guard<F: Future>(what: &str, f: F) -> F::Output {
     }
 }
 
+/// Waits (bounded by [`guard`]) until `ok` holds, looking again every
+/// couple of milliseconds.
+pub async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+    guard(what, async {
+        while !ok() {
+            async_io::Timer::after(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
+
+/// What a handler held by `gate` waits for: one permit, taken for good.
+pub async fn through(gate: &Semaphore) -> Result<(), Rerror> {
+    gate.acquire()
+        .await
+        .map_err(|e| Rerror::internal(e.to_string()))?
+        .forget();
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Point {
     x: i64,
@@ -92,12 +112,7 @@ fn server_routes(b: &mut PeerBuilder, probe: &Probe) {
         let p = p.clone();
         async move {
             // Held until the caller has timed out, then answers late.
-            p.slow
-                .acquire()
-                .await
-                .map_err(|e| Rerror::internal(e.to_string()))?
-                .forget();
-            Ok::<(), Rerror>(())
+            through(&p.slow).await
         }
     });
     b.pull("/fail", |_ctx: PullCtx, _: ()| async move {
@@ -121,11 +136,7 @@ fn server_routes(b: &mut PeerBuilder, probe: &Probe) {
         async move {
             let _ = p.started.send(());
             p.gate_runs.fetch_add(1, Ordering::SeqCst);
-            p.gate
-                .acquire()
-                .await
-                .map_err(|e| Rerror::internal(e.to_string()))?
-                .forget();
+            through(&p.gate).await?;
             Ok::<_, Rerror>(s)
         }
     });
